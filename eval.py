@@ -1,0 +1,164 @@
+"""
+Loss at 1x to 16x the training length, for one or more checkpoints, as ONE markdown table.
+
+$ python eval.py                                  # out/ckpt.pt at 1 2 4 8 16 x block_size
+$ python eval.py --ev 4 --scale 0.5               # 4x, positions scaled by 1/2 (interpolation)
+$ python eval.py --ckpt out/expe out/rope --out out/eval
+
+Protocol: every cell averages the cross-entropy (nats/token) of the SAME target tokens: one fixed
+stretch at the start of the val split, cut into non-overlapping windows of ev x block_size tokens.
+Longer windows only give those tokens more context. Windows may cross document boundaries (EOT).
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model import check_config, load_checkpoint
+from prepare import read_shard, shard_paths
+
+
+def val_tokens(data_dir, n):
+    """The first n tokens of the val split (shards concatenated in order)."""
+    parts, have = [], 0
+    for path in shard_paths(data_dir, 'val'):
+        parts.append(np.asarray(read_shard(path)[:n - have], dtype=np.int64))
+        have += len(parts[-1])
+        if have >= n:
+            break
+    return np.concatenate(parts)
+
+
+@torch.no_grad()
+def window_losses(model, tokens, length, batch_tokens, device, ctx):
+    """Per-token loss (windows, length) of the windows [i*length, (i+1)*length] of `tokens`."""
+    n_win = (len(tokens) - 1) // length
+    out = torch.empty(n_win, length)
+    bs = max(1, batch_tokens // length)
+    for i in range(0, n_win, bs):
+        rows = [torch.from_numpy(tokens[j * length:(j + 1) * length + 1]) for j in range(i, min(n_win, i + bs))]
+        xy = torch.stack(rows).to(device)
+        with ctx:
+            logits, _ = model(xy[:, :-1])
+        out[i:i + len(rows)] = F.cross_entropy(logits.float().transpose(1, 2), xy[:, 1:], reduction='none').cpu()
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--ckpt', nargs='+', default=['out'], help="out_dirs (or ckpt.pt files) to evaluate, one table row each")
+    p.add_argument('--ev', nargs='+', type=int, default=[1, 2, 4, 8, 16], help="multiples of the training length")
+    p.add_argument('--scale', type=float, default=1.0, help="pos_scale: positions (or ExPE values) multiplied by this")
+    p.add_argument('--windows', type=int, default=16, help="windows at the longest length; sets the tokens per cell")
+    p.add_argument('--data-dir', default='', help="val shards to use (default: the checkpoint's data_dir)")
+    p.add_argument('--batch-tokens', type=int, default=32768, help="tokens per forward pass (lower it if memory runs out)")
+    p.add_argument('--out', default='out/eval', help="folder for eval.json, eval.md, per_position.csv/.png")
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--dtype', default='', help="float32 | bfloat16 (default: bfloat16 on cuda, else float32)")
+    args = p.parse_args()
+    if any(e < 1 for e in args.ev) or args.windows < 1:
+        sys.exit("error: --ev multiples and --windows must be positive integers")
+    dtype = args.dtype or ('bfloat16' if args.device.startswith('cuda') else 'float32')
+    ctx = torch.amp.autocast(device_type=args.device.split(':')[0], dtype=torch.bfloat16) if dtype == 'bfloat16' \
+        else nullcontext()
+
+    try:
+        loaded = [(path, *load_checkpoint(path, args.device)) for path in args.ckpt]
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    max_ev = max(args.ev)
+    longest = max_ev * max(m.config.block_size for _, m, _ in loaded)
+    n_tokens = args.windows * longest
+    rows, curves = [], {}
+    for path, model, ckpt in loaded:
+        model.eval()
+        T, pe = model.config.block_size, model.config.pe
+        data_dir = args.data_dir or ckpt['config']['data_dir']
+        try:
+            tokens = val_tokens(data_dir, n_tokens + 1)
+        except (FileNotFoundError, ValueError) as e:
+            sys.exit(f"error: {e}")
+        if len(tokens) < longest + 1:
+            sys.exit(f"error: the val split of {data_dir} has {len(tokens)} tokens, fewer than one window of "
+                     f"{longest}: prepare more val data or lower --ev")
+        tokens = tokens[:(len(tokens) - 1) // longest * longest + 1]  # whole windows at every length
+        model.config.pos_scale = args.scale
+        row = {'ckpt': path, 'pe': pe, 'arch': model.config.arch, 'scale': args.scale, 'block_size': T,
+               'data_dir': data_dir, 'iter': ckpt.get('iter_num'), 'cells': {}}
+        for ev in args.ev:
+            cell = {'length': ev * T}
+            try:
+                check_config(model.config)  # e.g. pos_scale on pe=learned
+                losses = window_losses(model, tokens, ev * T, args.batch_tokens, args.device, ctx)
+                cell.update(loss=losses.mean().item(), tokens=losses.numel(), windows=losses.size(0))
+                if ev == max_ev:
+                    curves[path] = (losses.mean(0).numpy(), T, pe)
+            except ValueError as e:
+                cell['na'] = str(e).split(':')[0]
+            except torch.OutOfMemoryError:
+                cell['na'] = 'out of memory'
+                torch.cuda.empty_cache()
+            row['cells'][ev] = cell
+            print(f"{path} {ev}x: " + (f"{cell['loss']:.4f} over {cell['tokens']:,} tokens" if 'loss' in cell else f"n/a ({cell['na']})"),
+                  file=sys.stderr)
+        rows.append(row)
+
+    # one markdown table: a row per checkpoint, a column per multiple
+    head = '| checkpoint | pe | scale | ' + ' | '.join(f'{ev}x' for ev in args.ev) + ' |'
+    lines = [head, '|' + '---|' * (3 + len(args.ev))]
+    for r in rows:
+        cells = [f"{c['loss']:.4f}" if 'loss' in c else f"n/a ({c['na']})" for c in r['cells'].values()]
+        lines.append(f"| {r['ckpt']} | {r['pe']} | {r['scale']:g} | " + ' | '.join(cells) + ' |')
+    counts = sorted({c['tokens'] for r in rows for c in r['cells'].values() if 'tokens' in c})
+    lengths = ', '.join(f"{ev}x = {ev * rows[0]['block_size']}" for ev in args.ev)
+    lines.append('')
+    lines.append(f"Mean cross-entropy (nats/token) on val; each cell averages the same {' / '.join(f'{n:,}' for n in counts)} "
+                 f"target tokens, from non-overlapping windows ({lengths} tokens).")
+    table = '\n'.join(lines)
+    print(table)
+
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, 'eval.md'), 'w') as f:
+        f.write(table + '\n')
+    with open(os.path.join(args.out, 'eval.json'), 'w') as f:
+        json.dump({'ev': args.ev, 'scale': args.scale, 'tokens_per_cell': n_tokens, 'rows': rows}, f, indent=1)
+    if curves:
+        write_curves(curves, max_ev, args.out)
+    print(f"wrote {args.out}/eval.md, eval.json" + (", per_position.csv, per_position.png" if curves else ''), file=sys.stderr)
+
+
+def write_curves(curves, ev, out):
+    """Per-position mean loss at the longest length: CSV (raw) and PNG (smoothed)."""
+    length = max(len(c) for c, _, _ in curves.values())
+    with open(os.path.join(out, 'per_position.csv'), 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['position'] + list(curves))
+        for i in range(length):
+            w.writerow([i] + [f"{c[i]:.5f}" if i < len(c) else '' for c, _, _ in curves.values()])
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, (c, T, pe) in curves.items():
+        k = max(1, T // 8)  # a moving average: single positions are noisy
+        smooth = np.convolve(c, np.ones(k) / k, mode='valid')
+        ax.plot(np.arange(len(smooth)) + k // 2, smooth, label=f"{name} ({pe})", lw=1.2)
+    T = min(T for _, T, _ in curves.values())
+    ax.axvline(T, color='k', ls='--', lw=0.8, label=f'training length {T}')
+    ax.set_xlabel('position in window')
+    ax.set_ylabel('loss (nats/token)')
+    ax.set_title(f'Per-position val loss at {ev}x the training length')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, 'per_position.png'), dpi=120)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,62 @@
+"""
+Sample from a trained checkpoint (KV-cached decoding).
+
+$ python sample.py --ckpt out --start "ROMEO:" --num-samples 3 --max-new-tokens 500
+$ python sample.py --start FILE:prompt.txt --temperature 0.8 --top-k 200 --scale 0.5
+Every pe but `learned` can generate past block_size; `learned` crops its context to block_size.
+"""
+import argparse
+import sys
+from contextlib import nullcontext
+
+import torch
+
+from model import check_config, load_checkpoint
+from prepare import get_tokenizer, load_meta
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--ckpt', default='out', help="out_dir or ckpt.pt")
+    p.add_argument('--start', default='\n', help="prompt text, or FILE:path to read it from a file")
+    p.add_argument('--num-samples', type=int, default=3)
+    p.add_argument('--max-new-tokens', type=int, default=500)
+    p.add_argument('--temperature', type=float, default=0.8, help="< 1 sharper, > 1 more random")
+    p.add_argument('--top-k', type=int, default=200, help="sample among the k likeliest tokens (0 = all)")
+    p.add_argument('--seed', type=int, default=1337)
+    p.add_argument('--scale', type=float, default=1.0, help="pos_scale (position interpolation)")
+    p.add_argument('--tokenizer', default='', help="default: the one in the checkpoint's data meta.json")
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    args = p.parse_args()
+
+    try:
+        model, ckpt = load_checkpoint(args.ckpt, args.device)
+        model.config.pos_scale = args.scale
+        check_config(model.config)
+        meta = ckpt.get('data', {}).get('meta') or load_meta(ckpt['config']['data_dir'])
+        name = args.tokenizer or meta.get('tokenizer')
+        if not name:
+            raise ValueError("the checkpoint's data has no meta.json naming its tokenizer: pass --tokenizer")
+        encode, decode, eot, _ = get_tokenizer(name)
+        start = args.start
+        if start.startswith('FILE:'):
+            with open(start[5:], encoding='utf-8') as f:
+                start = f.read()
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    if args.num_samples < 1 or args.max_new_tokens < 0:
+        sys.exit("error: --num-samples must be >= 1 and --max-new-tokens >= 0")
+    model.eval()
+    torch.manual_seed(args.seed)
+    ids = [eot] + encode(start)  # EOT starts every document in training (prepare.py)
+    x = torch.tensor(ids, dtype=torch.long, device=args.device)[None].repeat(args.num_samples, 1)
+    ctx = torch.amp.autocast('cuda', dtype=torch.bfloat16) if args.device.startswith('cuda') else nullcontext()
+    with ctx:
+        y = model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None)
+    for row in y.tolist():
+        print(decode(row[1:]))
+        print('---------------')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,295 @@
+"""
+Train a GPT with any positional encoding, on one device or many.
+
+Single device:
+$ python train.py config/demo_cpu.py --pe=rope
+Single node, 8 GPUs (DDP):
+$ torchrun --standalone --nproc_per_node=8 train.py config/expe_medium.py
+Resume an interrupted run (same config and overrides, plus):
+$ python train.py config/demo_cpu.py --pe=rope --init_from=resume
+"""
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, fields
+
+import numpy as np
+import torch
+from torch.distributed import destroy_process_group, init_process_group
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from model import GPT, GPTConfig, check_config, peak_flops
+from prepare import load_meta, read_shard, shard_paths
+
+# -----------------------------------------------------------------------------
+# default config values; override with a config file and/or --key=value
+# I/O
+out_dir = 'out'
+eval_interval = 250       # also writes a checkpoint
+log_interval = 10
+eval_iters = 50           # val batches per evaluation (the same batches every time)
+eval_only = False         # evaluate once and exit
+always_save_checkpoint = True  # else only when val loss improves
+init_from = 'scratch'     # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+seed = 1337
+# data
+data_dir = 'data/shakespeare_byte'  # shards written by prepare.py
+gradient_accumulation_steps = 1     # total over all processes
+batch_size = 16                     # micro-batch per process
+# model: every GPTConfig field (model.py) is a key here, with GPTConfig's default unless set below
+globals().update({f.name: f.default for f in fields(GPTConfig)})
+block_size = 256
+n_layer = 6
+n_head = 6
+n_embd = 384
+vocab_size = 0            # 0 -> the data's vocab_size (meta.json) rounded up to a multiple of 64
+# AdamW
+learning_rate = 1e-3
+max_iters = 5000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0           # 0 disables
+# learning rate schedule: linear warmup, then cosine down to min_lr
+decay_lr = True
+warmup_iters = 100
+lr_decay_iters = 0        # 0 -> max_iters
+min_lr = 0.0              # 0 -> learning_rate / 10 (Chinchilla)
+# system
+device = ''               # '' -> cuda if available, else mps, else cpu
+dtype = ''                # '' -> bfloat16 on cuda if supported, else float16 (with GradScaler); float32 off cuda
+compile = True            # torch.compile the model
+# -----------------------------------------------------------------------------
+from configurator import configure  # noqa: E402
+config = configure(globals())
+
+
+def die(msg):
+    sys.exit(f"error: {msg}")
+
+
+# -----------------------------------------------------------------------------
+# processes and devices
+ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun?
+if not device:
+    device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+device_type = 'cuda' if device.startswith('cuda') else device
+if ddp:
+    init_process_group(backend='nccl' if device_type == 'cuda' else 'gloo')
+    ddp_rank, ddp_local_rank, ddp_world_size = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+    if device_type == 'cuda':
+        device = f'cuda:{ddp_local_rank}'
+        torch.cuda.set_device(device)
+    if gradient_accumulation_steps % ddp_world_size:
+        die(f"gradient_accumulation_steps={gradient_accumulation_steps} must be a multiple of the {ddp_world_size} processes")
+    gradient_accumulation_steps //= ddp_world_size
+else:
+    ddp_rank, ddp_local_rank, ddp_world_size = 0, 0, 1
+master_process = ddp_rank == 0
+tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
+if not dtype:
+    dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
+if dtype not in ('float32', 'bfloat16', 'float16'):
+    die(f"dtype='{dtype}': use float32, bfloat16 or float16")
+torch.manual_seed(seed + ddp_rank)
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+ctx = nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+if master_process:
+    os.makedirs(out_dir, exist_ok=True)
+    print(f"tokens per iteration: {tokens_per_iter:,} ({ddp_world_size} process(es) x {gradient_accumulation_steps} "
+          f"accumulation x {batch_size} x {block_size}); device {device}, {dtype}")
+
+# -----------------------------------------------------------------------------
+# data: random windows of block_size+1 tokens from the shards. Batch k of a process is drawn
+# from an RNG seeded by (seed, rank, split, fixed, k), so the loader's whole state is the counter k,
+# and a resumed run sees exactly the batches the uninterrupted run would have seen.
+try:
+    shards = {split: [read_shard(p) for p in shard_paths(data_dir, split)] for split in ('train', 'val')}
+except (FileNotFoundError, ValueError) as e:
+    die(e)
+meta = load_meta(data_dir)
+for split, ss in shards.items():
+    if any(len(s) <= block_size + 1 for s in ss):
+        die(f"a {split} shard in {data_dir} is shorter than block_size+1={block_size + 1} tokens: prepare more data or lower block_size")
+if not vocab_size:
+    if 'vocab_size' not in meta:
+        die(f"{data_dir} has no meta.json to take vocab_size from: set --vocab_size")
+    vocab_size = 64 * math.ceil(meta['vocab_size'] / 64)
+elif meta.get('vocab_size', 0) > vocab_size:
+    die(f"vocab_size={vocab_size} is smaller than the data's {meta['vocab_size']} tokens: raise it or set 0")
+
+
+def get_batch(split, k, fixed=False):
+    rng = np.random.default_rng((seed, ddp_rank, split == 'val', fixed, k))
+    ss = shards[split]
+    weights = np.array([len(s) - block_size - 1 for s in ss], dtype=np.float64)
+    which = rng.choice(len(ss), size=batch_size, p=weights / weights.sum())
+    rows = []
+    for w in which:
+        i = rng.integers(0, len(ss[w]) - block_size - 1)
+        rows.append(torch.from_numpy(ss[w][i:i + block_size + 1].astype(np.int64)))
+    xy = torch.stack(rows)
+    x, y = xy[:, :-1], xy[:, 1:]
+    if device_type == 'cuda':  # pinned memory lets the copy overlap with compute
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+# -----------------------------------------------------------------------------
+# model, optimizer, and resume
+model_args = {f.name: globals()[f.name] for f in fields(GPTConfig)}
+iter_num, best_val_loss, checkpoint = 0, 1e9, None
+ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+if init_from == 'resume':
+    if not os.path.exists(ckpt_path):
+        die(f"init_from='resume' but there is no checkpoint at {ckpt_path}: check out_dir or start with init_from='scratch'")
+    checkpoint = torch.load(ckpt_path, map_location=device, weights_only=False)
+    differ = {k: (v, model_args.get(k)) for k, v in checkpoint['model_args'].items() if model_args.get(k) != v}
+    if differ:
+        k, (old, new) = next(iter(differ.items()))
+        die(f"{ckpt_path} was trained with {k}={old!r} but this config says {k}={new!r} ({len(differ)} setting(s) differ): "
+            "resume with the same config file and overrides, or use another out_dir")
+    iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
+elif init_from != 'scratch':
+    die(f"init_from='{init_from}': use 'scratch' or 'resume'")
+try:
+    check_config(GPTConfig(**model_args))
+except ValueError as e:
+    die(e)
+model = GPT(GPTConfig(**model_args))
+if checkpoint is not None:
+    model.load_state_dict({k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()})
+model.to(device)
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+if checkpoint is not None:
+    optimizer.load_state_dict(checkpoint['optimizer'])
+    scaler.load_state_dict(checkpoint['scaler'])
+    torch.set_rng_state(checkpoint['rng_cpu'].cpu())  # dropout continues as if never stopped
+    if device_type == 'cuda' and checkpoint.get('rng_cuda') is not None:
+        torch.cuda.set_rng_state(checkpoint['rng_cuda'].cpu())
+checkpoint = None  # free memory
+if master_process:
+    print(f"{model.get_num_params() / 1e6:.2f}M parameters, arch={arch}, pe={pe}")
+raw_model = model
+if compile:
+    model = torch.compile(model)
+if ddp:
+    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
+
+
+@torch.no_grad()
+def estimate_loss():
+    out = {}
+    model.eval()
+    for split in ('train', 'val'):
+        losses = torch.zeros(eval_iters)
+        for k in range(eval_iters):
+            X, Y = get_batch(split, k, fixed=True)  # the same batches at every evaluation
+            with ctx:
+                _, loss = model(X, Y)
+            losses[k] = loss.item()
+        out[split] = losses.mean().item()
+    model.train()
+    return out
+
+
+def get_lr(it):
+    decay_iters = lr_decay_iters or max_iters
+    lr_min = min_lr or learning_rate / 10
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it >= decay_iters:
+        return lr_min
+    ratio = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
+    return lr_min + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - lr_min)
+
+
+def log(record):
+    with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
+        f.write(json.dumps(record) + '\n')
+
+
+def save_checkpoint():
+    ckpt = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+            'model_args': model_args, 'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
+            'data': {'data_dir': data_dir, 'meta': meta, 'next_batch': iter_num * gradient_accumulation_steps},
+            'rng_cpu': torch.get_rng_state(), 'rng_cuda': torch.cuda.get_rng_state() if device_type == 'cuda' else None}
+    tmp = ckpt_path + '.tmp'
+    torch.save(ckpt, tmp)
+    os.replace(tmp, ckpt_path)  # atomic: a crash mid-write never leaves a broken ckpt.pt
+
+
+# -----------------------------------------------------------------------------
+# training loop
+peak = peak_flops(device_type)
+flops_per_iter = raw_model.flops_per_token(block_size) * tokens_per_iter
+t0 = time.time()
+running_mfu = -1.0
+while True:
+    lr = get_lr(iter_num) if decay_lr else learning_rate
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+
+    if (iter_num % eval_interval == 0 or iter_num == max_iters) and master_process:
+        losses = estimate_loss()
+        print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        log({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'], 'lr': lr})
+        if losses['val'] < best_val_loss or always_save_checkpoint:
+            best_val_loss = min(best_val_loss, losses['val'])
+            if iter_num > 0:
+                save_checkpoint()
+                print(f"saved checkpoint to {ckpt_path}")
+    if iter_num >= max_iters or eval_only:
+        break
+    if iter_num % eval_interval == 0:
+        t0 = time.time()  # evaluation time is not training time
+
+    # forward/backward with gradient accumulation; DDP syncs gradients on the last micro-step only
+    loss_sum = 0.0
+    for micro_step in range(gradient_accumulation_steps):
+        X, Y = get_batch('train', iter_num * gradient_accumulation_steps + micro_step)
+        if ddp:
+            model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
+        with ctx:
+            _, loss = model(X, Y)
+            loss = loss / gradient_accumulation_steps
+        loss_sum += loss.detach()
+        scaler.scale(loss).backward()
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+    iter_num += 1
+    if iter_num % log_interval == 0 and master_process:
+        lossf = loss_sum.item()  # a sync point, so only when logging
+        if device_type == 'cuda':
+            torch.cuda.synchronize()
+        dt = (time.time() - t0) / log_interval
+        t0 = time.time()
+        tok_s = tokens_per_iter / dt
+        mfu = flops_per_iter / dt / peak if peak else None
+        if mfu is not None and iter_num > 5 * log_interval:  # skip compile and warm-up iterations
+            running_mfu = mfu if running_mfu < 0 else 0.9 * running_mfu + 0.1 * mfu
+        mfu_s = f"{100 * running_mfu:.1f}%" if running_mfu >= 0 else 'n/a'
+        print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, {tok_s:,.0f} tok/s, mfu {mfu_s}")
+        log({'iter': iter_num, 'loss': lossf, 'lr': lr, 'ms_per_iter': dt * 1000, 'tok_per_s': tok_s, 'mfu': mfu})
+
+if ddp:  # cheap guard against silent divergence: every rank must hold the same weights
+    import torch.distributed as dist
+    checksum = torch.stack([p.detach().double().sum() for p in raw_model.parameters()]).sum().reshape(1)
+    sums = [torch.zeros_like(checksum) for _ in range(ddp_world_size)]
+    dist.all_gather(sums, checksum)
+    if master_process:
+        if any(not torch.equal(s, sums[0]) for s in sums):
+            die(f"the {ddp_world_size} processes ended with different weights: {[s.item() for s in sums]}")
+        print(f"all {ddp_world_size} processes hold identical weights")
+    destroy_process_group()
