@@ -125,9 +125,10 @@ def alibi_bias(slopes, scale, q_pos, k_pos):
 
 
 _flex_attention = None  # compiled once on first use
+_block_masks = {}
 
 
-def alibi_flex(q, k, v, slopes, scale, offset, dropout_p):
+def alibi_flex(q, k, v, slopes, scale, offset):
     """ALiBi through FlexAttention: the bias is computed per score, no (T x T) tensor is stored."""
     global _flex_attention
     from torch.nn.attention.flex_attention import flex_attention, create_block_mask
@@ -141,7 +142,10 @@ def alibi_flex(q, k, v, slopes, scale, offset, dropout_p):
     def causal(b, h, q_idx, kv_idx):
         return q_idx + offset >= kv_idx
 
-    block_mask = create_block_mask(causal, None, None, Tq, Tk, device=q.device)
+    key = (Tq, Tk, offset, str(q.device))
+    if key not in _block_masks:  # building a block mask costs a pass over the blocks: reuse it
+        _block_masks[key] = create_block_mask(causal, None, None, Tq, Tk, device=q.device)
+    block_mask = _block_masks[key]
     return _flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask)
 
 
@@ -217,8 +221,8 @@ class CausalSelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         if 'alibi' in pe:
             slopes, scale = pe['alibi']
-            if x.is_cuda:  # no T x T tensor on the GPU
-                y = alibi_flex(q, k, v, slopes, scale, past, dropout_p)
+            if x.is_cuda and T > 1 and dropout_p == 0.0:  # no T x T tensor (flex has no dropout)
+                y = alibi_flex(q, k, v, slopes, scale, past)
             else:
                 bias = alibi_bias(slopes, scale, torch.arange(past, past + T, device=x.device),
                                   torch.arange(k.size(2), device=x.device))
@@ -288,6 +292,16 @@ def check_config(config):
         raise ValueError(f"expe_dims={c.expe_dims} must be between 1 and n_embd={c.n_embd}")
     if c.expe_learned not in ('', 'random', 'init'):
         raise ValueError(f"expe_learned='{c.expe_learned}': use '' (fixed), 'random' or 'init'")
+    # a knob that the chosen pe would silently ignore is an error, not a no-op ablation
+    defaults = GPTConfig()
+    for knobs, pes in ((('expe_theta', 'expe_stable', 'expe_learned'), ('expe',)),
+                       (('exqpe_step', 'exqpe_period'), ('exqpe',)),
+                       (('expe_dims', 'expe_start', 'expe_once', 'expe_v'), ('expe', 'exqpe')),
+                       (('rope_base',), ('rope',))):
+        for k in knobs:
+            if c.pe not in pes and getattr(c, k) != getattr(defaults, k):
+                raise ValueError(f"{k}={getattr(c, k)!r} only applies to pe={'/'.join(pes)}, not pe={c.pe}: "
+                                 "leave it at its default")
 
 
 class GPT(nn.Module):
@@ -335,6 +349,8 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         if non_embedding and self.config.pe == 'learned':
             n -= self.transformer.wpe.weight.numel()
+        if non_embedding and not self.config.tie_embeddings:  # a tied table also serves as the LM head
+            n -= self.transformer.wte.weight.numel()
         return n
 
     def pe_inputs(self, pos):
