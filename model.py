@@ -1,7 +1,7 @@
 """
 One GPT decoder with a positional-encoding switch (`pe`) and an architecture switch (`arch`).
 
-pe:   expe | exqpe | rope | sinusoidal | learned | alibi | nope
+pe:   expe | exqpe | rope | sinusoidal | learned | alibi | nope | tape
 arch: gpt2  (LayerNorm, GELU MLP, dropout, optional bias, tied embeddings by default)
       llama (RMSNorm, SwiGLU MLP, no bias, optional tied embeddings)
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-PES = ('expe', 'exqpe', 'rope', 'sinusoidal', 'learned', 'alibi', 'nope')
+PES = ('expe', 'exqpe', 'rope', 'sinusoidal', 'learned', 'alibi', 'nope', 'tape')
 ARCHS = ('gpt2', 'llama')
 
 
@@ -46,7 +46,10 @@ class GPTConfig:
     # ExQPE (reconstruction, spec §2): dim i holds S + δ·floor((n+i)/period)
     exqpe_step: float = 0.0     # δ; 0 -> the power of two nearest to l/(2T), so values are exact in bf16
     exqpe_period: int = 0       # 0 -> l (then exactly one dim steps by δ per position)
-    rope_base: float = 10000.0
+    rope_base: float = 10000.0  # rope, and tape's initial state
+    # TAPE (Zhu et al. 2025): a per-layer position state updated by attention and by the MLP
+    tape_inner: int = 0         # I, the width of the MLP-side update; 0 -> 4 * n_head
+    tape_rowsum: bool = False   # the authors' code: the H x H head mixing acts as per-head scalars (row sums)
 
 
 # -----------------------------------------------------------------------------
@@ -150,6 +153,54 @@ def alibi_flex(q, k, v, slopes, scale, offset):
 
 
 # -----------------------------------------------------------------------------
+# tape (TAPE, Zhu et al. 2025; ../shared/docs/tape-spec.md): each block carries a position state
+# z (B, H, T, D) = [Re | Im] of one complex number per head, token and RoPE frequency. It starts
+# as exactly RoPE, rotates q and k like RoPE, is mixed along tokens by the block's own causal
+# attention probabilities (it rides along as extra value channels of the same SDPA call), and
+# then by the MLP output through a gated head-mixing map. Both updates act alike on every
+# frequency and on Re and Im, so rotating all of z (e.g. shifting every position) changes no
+# logit: the model stays exactly relative. Extra parameters: (L-1)(H^2 + C*I + 2*H*I), since
+# the last block's state is discarded (the authors' code builds that update too, L(...), and
+# leaves it untrained).
+
+def tape_init(pos, n_head, head_dim, base):
+    cos, sin = rope_cos_sin(pos, head_dim, base)  # the state at init is RoPE's cos/sin
+    F2 = head_dim // 2
+    return torch.cat((cos[:, :F2], sin[:, :F2]), dim=-1).expand(1, n_head, -1, -1)  # (1, H, T, D)
+
+
+def tape_rotate(x, z):
+    """Rotate q or k (B, H, T, D) by the state z like RoPE (z = RoPE's state gives RoPE exactly)."""
+    zr, zi = z.chunk(2, dim=-1)
+    return apply_rope(x, torch.cat((zr, zr), dim=-1), torch.cat((zi, zi), dim=-1))
+
+
+class TAPE(nn.Module):
+    """The two updates of the position state in one block; both start at zero (TAPE == RoPE)."""
+    def __init__(self, config):
+        super().__init__()
+        H, I = config.n_head, config.tape_inner or 4 * config.n_head
+        self.post = nn.Parameter(torch.zeros(H, H))              # attention side: head mixing
+        self.gate = nn.Linear(config.n_embd, I, bias=False)     # MLP side: a gate per token and channel
+        self.up = nn.Parameter(torch.zeros(I, H))                # heads -> I
+        self.down = nn.Parameter(torch.randn(H, I) * 0.02)       # I -> heads
+        self.rowsum = config.tape_rowsum
+
+    def attn_update(self, az):
+        """az: the attention-weighted past states (A z), (B, H, T, D)."""
+        w = torch.diag(self.post.sum(1)) if self.rowsum else self.post
+        with torch.autocast(az.device.type, enabled=False):  # the state accumulates over layers: fp32
+            return torch.einsum('gh,bhtd->bgtd', w.float(), az.float())
+
+    def mlp_update(self, f, z):
+        """f: the block's MLP output (B, T, C), before the residual add."""
+        g = F.silu(self.gate(f)).transpose(1, 2)[..., None]  # (B, I, T, 1), shared by all frequencies
+        with torch.autocast(z.device.type, enabled=False):
+            u = torch.einsum('ih,bhtd->bitd', self.up.float(), z)
+            return torch.einsum('hi,bitd->bhtd', self.down.float(), g.float() * u)
+
+
+# -----------------------------------------------------------------------------
 # The decoder
 
 class RMSNorm(nn.Module):
@@ -214,6 +265,10 @@ class CausalSelfAttention(nn.Module):
         if 'rope' in pe:
             cos, sin = pe['rope']
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if 'tape' in pe:  # the state rides along as extra value channels: A z from the same softmax
+            z = pe['tape'].expand(B, -1, -1, -1)
+            q, k = tape_rotate(q, z), tape_rotate(k, z)
+            v = torch.cat((v, z.to(v.dtype)), dim=-1)
         past = 0
         if cache is not None:
             past = cache.pos
@@ -234,8 +289,11 @@ class CausalSelfAttention(nn.Module):
         else:  # a chunk after a cache: causal mask aligned to the bottom right
             mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        az = None
+        if 'tape' in pe:
+            y, az = y.split(C // self.n_head, dim=-1)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.c_proj(y)), az
 
 
 class MLP(nn.Module):
@@ -268,10 +326,17 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
+        # the state after the last block is discarded, so its update would never train: none there
+        self.tape = TAPE(config) if config.pe == 'tape' and layer < config.n_layer - 1 else None
 
     def forward(self, x, pe, cache=None):
-        x = x + self.attn(self.ln_1(x), pe, cache)  # the residual stream itself never holds ExPE values
-        return x + self.mlp(self.ln_2(x))
+        a, az = self.attn(self.ln_1(x), pe, cache)
+        x = x + a  # the residual stream itself never holds ExPE values
+        f = self.mlp(self.ln_2(x))
+        if self.tape is not None:  # TAPE's state for the next block, passed on through pe
+            z = pe['tape'] + self.tape.attn_update(az)
+            pe['tape'] = z + self.tape.mlp_update(f, z)
+        return x + f
 
 
 def check_config(config):
@@ -283,8 +348,8 @@ def check_config(config):
         raise ValueError(f"unknown arch '{c.arch}': choose one of {', '.join(ARCHS)}")
     if c.n_embd % c.n_head:
         raise ValueError(f"n_embd={c.n_embd} is not divisible by n_head={c.n_head}")
-    if c.pe == 'rope' and (c.n_embd // c.n_head) % 2:
-        raise ValueError(f"pe=rope needs an even head size, got {c.n_embd // c.n_head}")
+    if c.pe in ('rope', 'tape') and (c.n_embd // c.n_head) % 2:
+        raise ValueError(f"pe={c.pe} needs an even head size, got {c.n_embd // c.n_head}")
     if c.pe in ('learned', 'nope') and c.pos_scale != 1.0:
         raise ValueError(f"pos_scale={c.pos_scale} has no meaning for pe={c.pe} "
                          "(it has no position values to scale): leave it at 1.0")
@@ -297,7 +362,8 @@ def check_config(config):
     for knobs, pes in ((('expe_theta', 'expe_stable', 'expe_learned'), ('expe',)),
                        (('exqpe_step', 'exqpe_period'), ('exqpe',)),
                        (('expe_dims', 'expe_start', 'expe_once', 'expe_v'), ('expe', 'exqpe')),
-                       (('rope_base',), ('rope',))):
+                       (('rope_base',), ('rope', 'tape')),
+                       (('tape_inner', 'tape_rowsum'), ('tape',))):
         for k in knobs:
             if c.pe not in pes and getattr(c, k) != getattr(defaults, k):
                 raise ValueError(f"{k}={getattr(c, k)!r} only applies to pe={'/'.join(pes)}, not pe={c.pe}: "
@@ -366,6 +432,8 @@ class GPT(nn.Module):
             return {'rope': rope_cos_sin(pos * s, c.n_embd // c.n_head, c.rope_base)}
         if c.pe == 'alibi':
             return {'alibi': (self.alibi_slopes, s)}
+        if c.pe == 'tape':
+            return {'tape': tape_init(pos * s, c.n_head, c.n_embd // c.n_head, c.rope_base)}
         return {}
 
     def forward(self, idx, targets=None, cache=None):

@@ -171,6 +171,11 @@ def test_generate_top1_is_greedy_full_forward(pe, arch):
 def test_every_parameter_gets_a_gradient(pe, arch):
     m = make(pe, arch).train()
     idx = tokens(2, T0)
+    if pe == 'tape':  # TAPE's W_up starts at 0, which zeroes the gradient of W_down and the gate: one step first
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        m(idx, targets=tokens(2, T0, seed=2))[1].backward()
+        opt.step()
+        opt.zero_grad()
     _, loss = m(idx, targets=tokens(2, T0, seed=2))
     loss.backward()
     for name, p in m.named_parameters():
@@ -352,7 +357,7 @@ def test_block_output_is_input_plus_attn_plus_mlp(pe):
     rec = {}
     b0, b1 = m.transformer.h[0], m.transformer.h[1]
     b0.register_forward_pre_hook(lambda mod, inp: rec.__setitem__('in0', inp[0].detach().clone()))
-    b0.attn.register_forward_hook(lambda mod, i, o: rec.__setitem__('attn', o.detach().clone()))
+    b0.attn.register_forward_hook(lambda mod, i, o: rec.__setitem__('attn', o[0].detach().clone()))  # (out, A z)
     b0.mlp.register_forward_hook(lambda mod, i, o: rec.__setitem__('mlp', o.detach().clone()))
     b1.register_forward_pre_hook(lambda mod, inp: rec.__setitem__('in1', inp[0].detach().clone()))
     idx = tokens(2, T0)
