@@ -45,5 +45,7 @@ def configure(g, argv=None):
                 value = literal_eval(val)
             except (SyntaxError, ValueError):
                 value = val  # a bare string such as --pe=rope
+            if type(settable.get(key)) is str:
+                value = val  # a string key keeps the text as typed, e.g. --evs=1,2
             settable[key] = g[key] = _check(settable, key, value, f"--{key}")
     return {k: g[k] for k in keys}

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The CPU demo, end to end: prepare the embedded Shakespeare corpus, train a tiny ExPE and a tiny
-# RoPE model (config/demo_cpu.py), and print their loss at 1x..16x the training length.
+# RoPE model and a tiny TAPE model (config/demo_cpu.py), and print their loss at 1x..16x the training length.
 # Re-running resumes or skips finished runs. Extra PEs: PES="expe rope alibi" bash demo.sh
 set -euo pipefail
 cd "$(dirname "$0")"
-PES=${PES:-"expe rope"}
+PES=${PES:-"expe rope tape"}
 python prepare.py
 ckpts=()
 for pe in $PES; do

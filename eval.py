@@ -149,7 +149,7 @@ def write_curves(curves, ev, out):
     for name, (c, T, pe) in curves.items():
         k = max(1, T // 8)  # a moving average: single positions are noisy
         smooth = np.convolve(c, np.ones(k) / k, mode='valid')
-        ax.plot(np.arange(len(smooth)) + k // 2, smooth, label=f"{name} ({pe})", lw=1.2)
+        ax.plot(np.arange(len(smooth)) + k // 2, smooth, label=name if name == pe else f"{name} ({pe})", lw=1.2)
     T = min(T for _, T, _ in curves.values())
     ax.axvline(T, color='k', ls='--', lw=0.8, label=f'training length {T}')
     ax.set_xlabel('position in window')

@@ -250,18 +250,13 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, pe, cache=None):
         B, T, C = x.size()
-        if self.expe_here:
-            xp = expe_override(x, pe['expe'])
-            if self.expe_v:
-                qkv = self.c_attn(xp)
-            else:  # Q and K see positions, V sees the plain normalized input
-                w, b = self.c_attn.weight, self.c_attn.bias
-                qk = F.linear(xp, w[:2 * C], None if b is None else b[:2 * C])
-                v = F.linear(x, w[2 * C:], None if b is None else b[2 * C:])
-                qkv = torch.cat((qk, v), dim=-1)
+        if self.expe_here and not self.expe_v:  # Q and K see positions, V the plain normalized input
+            w, b = self.c_attn.weight, self.c_attn.bias
+            q, k = F.linear(expe_override(x, pe['expe']), w[:2 * C], None if b is None else b[:2 * C]).split(C, dim=2)
+            v = F.linear(x, w[2 * C:], None if b is None else b[2 * C:])
         else:
-            qkv = self.c_attn(x)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in qkv.split(C, dim=2))
+            q, k, v = self.c_attn(expe_override(x, pe['expe']) if self.expe_here else x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if 'rope' in pe:
             cos, sin = pe['rope']
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)

@@ -21,7 +21,7 @@ import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model import GPT, GPTConfig, check_config, peak_flops
+from model import GPT, GPTConfig, peak_flops
 from prepare import load_meta, read_shard, shard_paths
 
 # -----------------------------------------------------------------------------
@@ -158,10 +158,9 @@ if init_from == 'resume':
 elif init_from != 'scratch':
     die(f"init_from='{init_from}': use 'scratch' or 'resume'")
 try:
-    check_config(GPTConfig(**model_args))
-except ValueError as e:
+    model = GPT(GPTConfig(**model_args))
+except ValueError as e:  # e.g. an unknown pe, or a knob the pe would ignore
     die(e)
-model = GPT(GPTConfig(**model_args))
 if checkpoint is not None:
     model.load_state_dict({k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()})
 model.to(device)

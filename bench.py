@@ -1,0 +1,151 @@
+"""
+Time model.py's real training step (forward, backward, AdamW) for several PEs, or its forward
+pass at 1x..16x the training length, on random tokens. One table; ratios are against RoPE.
+
+$ python bench.py                                              # CPU-sized defaults, train mode
+$ python bench.py --pes=expe,rope,alibi,tape --archs=gpt2,llama
+$ python bench.py --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --vocab_size=50304 \
+      --batch_size=16 --compile=True                           # GPT-2 124M shape on a GPU
+$ python bench.py --mode=eval --evs=1,2,4,8,16                 # cost of long inputs
+"""
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+
+from model import GPT, GPTConfig, PES, peak_flops
+
+# -----------------------------------------------------------------------------
+pes = ','.join(PES)       # comma-separated; any of model.PES (default: all)
+archs = 'gpt2'            # comma-separated: gpt2, llama
+mode = 'train'            # 'train': a full optimizer step; 'eval': forward passes at evs x block_size
+evs = '1,2,4,8,16'        # eval mode: multiples of block_size
+batch_size = 16
+block_size = 128
+n_layer = 4
+n_head = 4
+n_embd = 128
+vocab_size = 320
+bias = False
+device = ''               # '' -> cuda if available, else cpu
+dtype = ''                # '' -> bfloat16 on cuda, float32 on cpu
+compile = False
+warmup = 3                # untimed steps first (compile, allocator, caches)
+repeats = 10              # timed steps; the median is reported
+seed = 1337
+# -----------------------------------------------------------------------------
+from configurator import configure  # noqa: E402
+configure(globals())
+
+device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+device_type = 'cuda' if device.startswith('cuda') else 'cpu'
+dtype = dtype or ('bfloat16' if device_type == 'cuda' else 'float32')
+ctx = nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type, dtype=getattr(torch, dtype))
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+peak = peak_flops(device_type)
+pe_list, arch_list, ev_list = pes.split(','), archs.split(','), [int(e) for e in evs.split(',')]
+if mode not in ('train', 'eval'):
+    raise SystemExit(f"error: mode='{mode}': use 'train' or 'eval'")
+for pe in pe_list:
+    if pe not in PES:
+        raise SystemExit(f"error: unknown pe '{pe}' in --pes: choose from {', '.join(PES)}")
+
+
+def timed(fn):
+    """Median seconds of fn() over `repeats` calls, after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device_type == 'cuda':
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_mem():
+    return f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device_type == 'cuda' else 'n/a'
+
+
+def build(pe, arch):
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                          n_embd=n_embd, bias=bias, arch=arch, pe=pe)).to(device)
+    return model, (torch.compile(model) if compile else model)
+
+
+def bench_train(pe, arch):
+    raw, model = build(pe, arch)
+    opt = raw.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device_type)
+    x = torch.randint(0, vocab_size, (batch_size, block_size + 1), device=device)
+
+    def step():
+        with ctx:
+            _, loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    if device_type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    dt = timed(step)
+    tokens = batch_size * block_size
+    mfu = raw.flops_per_token(block_size) * tokens / dt / peak if peak else None
+    return dt, tokens / dt, mfu, peak_mem()
+
+
+@torch.no_grad()
+def bench_eval(pe, arch, ev):
+    raw, model = build(pe, arch)
+    model.eval()
+    T = ev * block_size
+    if pe == 'learned' and T > block_size:
+        return None
+    x = torch.randint(0, vocab_size, (1, T), device=device)
+
+    def forward():
+        with ctx:
+            model(x)
+    if device_type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        dt = timed(forward)
+    except torch.OutOfMemoryError:
+        return 'out of memory'
+    return dt, peak_mem()
+
+
+name = torch.cuda.get_device_name() if device_type == 'cuda' else 'cpu'
+print(f"device {name} ({torch.get_num_threads()} threads on cpu), {dtype}, compile={compile}; "
+      f"{n_layer}x{n_embd}, {n_head} heads, T={block_size}, batch {batch_size}, vocab {vocab_size}; "
+      f"median of {repeats} after {warmup} warm-up")
+if mode == 'train':
+    print('| arch | pe | ms/step | tokens/s | MFU | peak memory | x RoPE |')
+    print('|---|---|---|---|---|---|---|')
+    for arch in arch_list:
+        results = {pe: bench_train(pe, arch) for pe in pe_list}
+        rope = results.get('rope')
+        for pe, (dt, tok_s, mfu, mem) in results.items():
+            ratio = f"{dt / rope[0]:.2f}" if rope else 'n/a'
+            mfu_s = f"{100 * mfu:.1f}%" if mfu is not None else 'n/a'
+            print(f"| {arch} | {pe} | {1000 * dt:.1f} | {tok_s:,.0f} | {mfu_s} | {mem} | {ratio} |")
+else:
+    print('| arch | pe | ' + ' | '.join(f'{ev}x = {ev * block_size}: ms, memory' for ev in ev_list) + ' |')
+    print('|---|---|' + '---|' * len(ev_list))
+    for arch in arch_list:
+        for pe in pe_list:
+            cells = []
+            for ev in ev_list:
+                r = bench_eval(pe, arch, ev)
+                cells.append('n/a' if r is None else r if isinstance(r, str) else f"{1000 * r[0]:.1f}, {r[1]}")
+            print(f"| {arch} | {pe} | " + ' | '.join(cells) + ' |')

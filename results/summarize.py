@@ -1,0 +1,55 @@
+"""
+Seed-averaged tables (mean ± half the min-max range) from eval.py's eval.json files, and one
+per-position plot with a line per pe (seeds averaged) from the first file's per_position.csv.
+
+$ python results/summarize.py results/cpu_main/eval.json results/cpu_scaled/eval.json > results/cpu_summary.md
+"""
+import csv
+import json
+import os
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+from eval import write_curves  # noqa: E402
+
+paths = sys.argv[1:]
+groups = defaultdict(list)  # (pe, scale) -> rows, in order of appearance
+evs = None
+for path in paths:
+    result = json.load(open(path))
+    evs = evs or result['ev']
+    for row in result['rows']:
+        groups[(row['pe'], row['scale'])].append(row)
+
+print('| pe | scale | seeds | ' + ' | '.join(f'{ev}x' for ev in evs) + ' |')
+print('|---|---|---|' + '---|' * len(evs))
+for (pe, scale), rows in groups.items():
+    cells = []
+    for ev in evs:
+        losses = [r['cells'][str(ev)].get('loss') for r in rows]
+        if any(v is None for v in losses):
+            cells.append('n/a')
+        else:
+            cells.append(f"{np.mean(losses):.3f} ± {(max(losses) - min(losses)) / 2:.3f}")
+    print(f"| {pe} | {scale:g} | {len(rows)} | " + ' | '.join(cells) + ' |')
+tokens = {c['tokens'] for rows in groups.values() for r in rows for c in r['cells'].values() if 'tokens' in c}
+print(f"\nMean ± half the range over seeds; every cell of every seed averages {', '.join(f'{t:,}' for t in sorted(tokens))} "
+      "val target tokens (eval.py's protocol).")
+
+# one line per pe at the longest length, seeds averaged
+first = json.load(open(paths[0]))
+with open(os.path.join(os.path.dirname(paths[0]), 'per_position.csv')) as f:
+    table = list(csv.reader(f))
+header, body = table[0][1:], table[1:]
+by_pe = defaultdict(list)
+for j, name in enumerate(header):
+    row = next(r for r in first['rows'] if r['ckpt'] == name)
+    by_pe[row['pe']].append(np.array([float(b[j + 1]) for b in body if b[j + 1]]))
+T = first['rows'][0]['block_size']
+curves = {pe: (np.mean(cs, axis=0), T, pe) for pe, cs in by_pe.items()}
+out = os.path.join(os.path.dirname(os.path.dirname(paths[0])), 'cpu_per_position')
+write_curves(curves, max(first['ev']), out)
+print(f"\nPer-position plot (seeds averaged): {out}/per_position.png", file=sys.stderr)

@@ -1,0 +1,41 @@
+"""bench.py runs a few steps on CPU and prints the promised table."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=16', '--vocab_size=64', '--batch_size=2',
+        '--warmup=1', '--repeats=2', '--device=cpu']
+
+
+def bench(*args):
+    p = subprocess.run([sys.executable, str(ROOT / 'bench.py'), *TINY, *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    return p, [line.split(' | ') for line in p.stdout.splitlines() if line.startswith('| ') and '---' not in line]
+
+
+def test_train_mode_table():
+    p, rows = bench('--pes=expe,rope,tape', '--archs=gpt2,llama')
+    assert p.returncode == 0, p.stderr
+    assert rows[0] == ['| arch', 'pe', 'ms/step', 'tokens/s', 'MFU', 'peak memory', 'x RoPE |']
+    body = rows[1:]
+    assert [(r[0].strip('| '), r[1]) for r in body] == [(a, pe) for a in ('gpt2', 'llama') for pe in ('expe', 'rope', 'tape')]
+    for r in body:
+        ms, tok_s = float(r[2]), float(r[3].replace(',', ''))
+        assert ms > 0 and abs(tok_s - 2 * 16 / (ms / 1000)) / tok_s < 0.03  # tokens/s = batch x T / step time (ms rounded)
+        assert r[4] == 'n/a' and r[5] == 'n/a'  # no MFU peak or CUDA memory on CPU
+    assert [r[6].strip(' |') for r in body if r[1] == 'rope'] == ['1.00', '1.00']
+
+
+def test_eval_mode_table():
+    p, rows = bench('--mode=eval', '--evs=1,2', '--pes=expe,learned')
+    assert p.returncode == 0, p.stderr
+    assert rows[0][2:] == ['1x = 16: ms, memory', '2x = 32: ms, memory |']
+    expe, learned = rows[1], rows[2]
+    assert float(expe[2].split(',')[0]) > 0 and float(expe[3].split(',')[0]) > 0
+    assert learned[3].strip(' |') == 'n/a'  # no position past block_size
+
+
+def test_bad_pe():
+    p, _ = bench('--pes=expe,bogus')
+    assert p.returncode != 0 and "unknown pe 'bogus'" in p.stderr and 'Traceback' not in p.stderr
