@@ -12,7 +12,6 @@ Longer windows only give those tokens more context. Windows may cross document b
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 from contextlib import nullcontext

@@ -22,15 +22,6 @@ THETA = 1.0 / (2 * T0)               # default expe_theta = 1/32: every S + θ(n
 ORIG_OVERRIDE = M.expe_override
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny matmuls: one thread is several times faster than two on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make(pe='expe', arch='gpt2', seed=0, jitter=True, sharpen=1.0, **kw):
     """Tiny model in eval mode. jitter: random biases and norm gains, so they are not trivially 0/1.
     sharpen: multiplies every matrix, so that attention (the context) moves the argmax."""

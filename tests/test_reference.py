@@ -18,14 +18,6 @@ from model import GPT, GPTConfig, KVCache  # noqa: E402
 V, T0, L, H, C, FFN = 64, 16, 2, 4, 32, 96
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tokens(B, T, seed=1):
     return torch.randint(V, (B, T), generator=torch.Generator().manual_seed(seed))
 

@@ -8,14 +8,6 @@ from model import ARCHS, GPT, GPTConfig, KVCache
 V, T0, L, H, C = 64, 16, 3, 4, 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cfg(pe='tape', **kw):
     return GPTConfig(block_size=T0, vocab_size=V, n_layer=L, n_head=H, n_embd=C, pe=pe, **kw)
 
