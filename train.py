@@ -185,16 +185,17 @@ if ddp:
 @torch.no_grad()
 def estimate_loss():
     out = {}
-    model.eval()
+    eval_model = model.module if ddp else model  # only rank 0 evaluates: bypass DDP's collective forward
+    eval_model.eval()
     for split in ('train', 'val'):
         losses = torch.zeros(eval_iters)
         for k in range(eval_iters):
             X, Y = get_batch(split, k, fixed=True)  # the same batches at every evaluation
             with ctx:
-                _, loss = model(X, Y)
+                _, loss = eval_model(X, Y)
             losses[k] = loss.item()
         out[split] = losses.mean().item()
-    model.train()
+    eval_model.train()
     return out
 
 
