@@ -100,7 +100,7 @@ def main():
                 if ev == max_ev:
                     curves[path] = (losses.mean(0).numpy(), T, pe)
             except ValueError as e:
-                cell['na'] = str(e).split(':')[0]
+                cell['na'] = str(e).split(':')[0].split(' (')[0]  # the reason, short enough for a table cell
             except torch.OutOfMemoryError:
                 cell['na'] = 'out of memory'
                 torch.cuda.empty_cache()
