@@ -10,6 +10,7 @@ absolute token indices n = 0, 1, 2, ... (offset by the KV cache when decoding), 
 `pos_scale` at inference for the PEs where that means something (position interpolation).
 """
 import math
+import os
 from dataclasses import dataclass, fields
 
 import torch
@@ -513,7 +514,6 @@ def peak_flops(device_type):
 
 def load_checkpoint(path, device='cpu'):
     """Load ckpt.pt from a file or an out_dir; returns (model, checkpoint dict)."""
-    import os
     if os.path.isdir(path):
         path = os.path.join(path, 'ckpt.pt')
     if not os.path.exists(path):
