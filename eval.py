@@ -21,7 +21,36 @@ import torch
 import torch.nn.functional as F
 
 from model import check_config, load_checkpoint
-from prepare import read_shard, shard_paths
+from prepare import get_tokenizer, load_meta, read_shard, shard_paths
+
+
+def load_models(paths, device):
+    """[(path, model, ckpt)] for out_dirs or ckpt.pt files, in eval mode; exits with one line on bad input."""
+    try:
+        loaded = [(path, *load_checkpoint(path, device)) for path in paths]
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    for _, model, _ in loaded:
+        model.eval()
+    return loaded
+
+
+def autocast(device, dtype=''):
+    """bf16 autocast on CUDA (or when asked), plain fp32 elsewhere."""
+    dtype = dtype or ('bfloat16' if device.startswith('cuda') else 'float32')
+    if dtype not in ('float32', 'bfloat16'):
+        sys.exit(f"error: --dtype {dtype}: use float32 or bfloat16")
+    return torch.amp.autocast(device_type=device.split(':')[0], dtype=torch.bfloat16) if dtype == 'bfloat16' else nullcontext()
+
+
+def tokenizer_of(ckpt, name=''):
+    """(encode, decode, eot) of the data a checkpoint was trained on (or of tokenizer `name`)."""
+    meta = ckpt.get('data', {}).get('meta') or load_meta(ckpt['config']['data_dir'])
+    name = name or meta.get('tokenizer')
+    if not name:
+        raise ValueError("the checkpoint's data has no meta.json naming its tokenizer: pass --tokenizer")
+    encode, decode, eot, _ = get_tokenizer(name)
+    return encode, decode, eot
 
 
 def val_tokens(data_dir, n):
@@ -64,20 +93,13 @@ def main():
     args = p.parse_args()
     if any(e < 1 for e in args.ev) or args.windows < 1:
         sys.exit("error: --ev multiples and --windows must be positive integers")
-    dtype = args.dtype or ('bfloat16' if args.device.startswith('cuda') else 'float32')
-    ctx = torch.amp.autocast(device_type=args.device.split(':')[0], dtype=torch.bfloat16) if dtype == 'bfloat16' \
-        else nullcontext()
-
-    try:
-        loaded = [(path, *load_checkpoint(path, args.device)) for path in args.ckpt]
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    ctx = autocast(args.device, args.dtype)
+    loaded = load_models(args.ckpt, args.device)
     max_ev = max(args.ev)
     longest = max_ev * max(m.config.block_size for _, m, _ in loaded)
     n_tokens = args.windows * longest
     rows, curves = [], {}
     for path, model, ckpt in loaded:
-        model.eval()
         T, pe = model.config.block_size, model.config.pe
         data_dir = args.data_dir or ckpt['config']['data_dir']
         try:

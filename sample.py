@@ -7,12 +7,11 @@ Every pe but `learned` can generate past block_size; `learned` crops its context
 """
 import argparse
 import sys
-from contextlib import nullcontext
 
 import torch
 
+from eval import autocast, tokenizer_of
 from model import check_config, load_checkpoint
-from prepare import get_tokenizer, load_meta
 
 
 def main():
@@ -33,11 +32,7 @@ def main():
         model, ckpt = load_checkpoint(args.ckpt, args.device)
         model.config.pos_scale = args.scale
         check_config(model.config)
-        meta = ckpt.get('data', {}).get('meta') or load_meta(ckpt['config']['data_dir'])
-        name = args.tokenizer or meta.get('tokenizer')
-        if not name:
-            raise ValueError("the checkpoint's data has no meta.json naming its tokenizer: pass --tokenizer")
-        encode, decode, eot, _ = get_tokenizer(name)
+        encode, decode, eot = tokenizer_of(ckpt, args.tokenizer)
         start = args.start
         if start.startswith('FILE:'):
             with open(start[5:], encoding='utf-8') as f:
@@ -50,7 +45,7 @@ def main():
     torch.manual_seed(args.seed)
     ids = [eot] + encode(start)  # EOT starts every document in training (prepare.py)
     x = torch.tensor(ids, dtype=torch.long, device=args.device)[None].repeat(args.num_samples, 1)
-    ctx = torch.amp.autocast('cuda', dtype=torch.bfloat16) if args.device.startswith('cuda') else nullcontext()
+    ctx = autocast(args.device)
     with ctx:
         y = model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None)
     for row in y.tolist():

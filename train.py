@@ -21,8 +21,9 @@ import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from eval_tasks import passkey_row
 from model import GPT, GPTConfig, peak_flops
-from prepare import load_meta, read_shard, shard_paths
+from prepare import get_tokenizer, load_meta, read_shard, shard_paths
 
 # -----------------------------------------------------------------------------
 # default config values; override with a config file and/or --key=value
@@ -39,6 +40,7 @@ seed = 1337
 data_dir = 'data/shakespeare_byte'  # shards written by prepare.py
 gradient_accumulation_steps = 1     # total over all processes
 batch_size = 16                     # micro-batch per process
+passkey_frac = 0.0        # chance that a training row is a synthetic passkey example (eval_tasks.py), not corpus text
 # model: every GPTConfig field (model.py) is a key here, with GPTConfig's default unless set below
 globals().update({f.name: f.default for f in fields(GPTConfig)})
 block_size = 256
@@ -122,6 +124,19 @@ if not vocab_size:
     vocab_size = 64 * math.ceil(meta['vocab_size'] / 64)
 elif meta.get('vocab_size', 0) > vocab_size:
     die(f"vocab_size={vocab_size} is smaller than the data's {meta['vocab_size']} tokens: raise it or set 0")
+if not 0.0 <= passkey_frac <= 1.0:
+    die(f"passkey_frac={passkey_frac} is a probability: use a value from 0 to 1")
+if passkey_frac:  # the passkey text is tokenized like the corpus
+    if 'tokenizer' not in meta:
+        die(f"passkey_frac needs the tokenizer of the data, but {data_dir} has no meta.json naming it: prepare it with prepare.py")
+    try:
+        encode, _, eot, _ = get_tokenizer(meta['tokenizer'])
+    except ValueError as e:
+        die(e)
+    try:
+        passkey_row(encode, eot, block_size + 1, np.random.default_rng(0))
+    except ValueError as e:
+        die(f"passkey_frac: {e} = block_size+1: raise block_size or set passkey_frac=0")
 
 
 def get_batch(split, k, fixed=False):
@@ -133,6 +148,9 @@ def get_batch(split, k, fixed=False):
     for w in which:
         i = rng.integers(0, len(ss[w]) - block_size - 1)
         rows.append(torch.from_numpy(ss[w][i:i + block_size + 1].astype(np.int64)))
+    if passkey_frac and split == 'train':  # val stays pure corpus, so val loss is comparable across runs
+        for r in np.flatnonzero(rng.random(batch_size) < passkey_frac):
+            rows[r] = torch.tensor(passkey_row(encode, eot, block_size + 1, rng))
     xy = torch.stack(rows)
     x, y = xy[:, :-1], xy[:, 1:]
     if device_type == 'cuda':  # pinned memory lets the copy overlap with compute

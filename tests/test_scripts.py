@@ -16,8 +16,8 @@ TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_
         '--device=cpu', '--eval_iters=4', '--warmup_iters=5', '--learning_rate=3e-3']
 
 
-def run(script, *args, check=True, cwd=ROOT):
-    env = dict(os.environ, OMP_NUM_THREADS='1')
+def run(script, *args, check=True, cwd=ROOT, env=None):
+    env = dict(env or os.environ, OMP_NUM_THREADS='1')
     p = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env,
                        capture_output=True, text=True, timeout=600)
     if check and p.returncode != 0:

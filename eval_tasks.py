@@ -1,0 +1,330 @@
+"""
+Beyond loss: passkey retrieval at 1x to 16x the training length, and the zero-shot benchmarks of the
+ExPE paper's Table 4 (HellaSwag, ARC-Easy, ARC-Challenge, MMLU).
+
+$ python eval_tasks.py --ckpt out/pk_expe out/pk_rope                  # passkey: 1..16x, 5 depths, 10 keys
+$ python eval_tasks.py --ckpt out --tasks hellaswag arc_easy arc_challenge mmlu --limit 500
+$ python eval_tasks.py --ckpt out --tasks hellaswag --data-files hellaswag=hellaswag_val.jsonl  # offline copy
+
+Passkey (Mohtashami & Jaggi, 2023): the filler "The grass is green. ..." repeated, the line "The pass
+key is N. Remember it. N is the pass key." at a depth (0 = right after the start, 1 = right before
+the question), then "What is the pass key? The pass key is". EOT + prompt + " N" is exactly the
+cell's length in tokens. A key counts as retrieved when greedy decoding yields exactly its tokens,
+scored in one teacher-forced pass (greedy output equals the answer iff every answer token is the
+argmax given the ones before it). Small base models sit at 0%: train with passkey_frac > 0 first.
+
+Benchmarks: per-option log-likelihood, with lm-evaluation-harness's zero-shot prompts: acc = argmax
+of the summed log-probability of " " + option, acc_norm = of that divided by the option's length in
+characters. Each sequence starts with EOT (as training documents do) and keeps its last block_size
+tokens if longer.
+"""
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from eval import autocast, load_models, tokenizer_of
+from model import check_config
+
+# -----------------------------------------------------------------------------
+# passkey retrieval; train.py's passkey mix draws its training rows from here too
+
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+KEY_LINE = "\nThe pass key is {key}. Remember it. {key} is the pass key.\n"
+QUESTION = "\nWhat is the pass key? The pass key is"
+KEY_DIGITS = 5
+
+
+def passkey_example(encode, eot, length, depth, key):
+    """(ids, n_answer): EOT, filler with the key line at `depth` in [0, 1], the question and ' key',
+    `length` tokens in all; the last n_answer tokens are the answer."""
+    key_line, question, answer = encode(KEY_LINE.format(key=key)), encode(QUESTION), encode(f" {key}")
+    n_fill = length - 1 - len(key_line) - len(question) - len(answer)
+    if n_fill < 0:
+        raise ValueError(f"a passkey example needs {length - n_fill} tokens, more than {length}")
+    fill, reps = [], n_fill // len(encode(FILLER)) + 1
+    while len(fill) < n_fill:  # BPE merges across repeats can make a repeat a token shorter
+        fill, reps = encode(FILLER * reps), reps + 1
+    cut = round(depth * n_fill)
+    return [eot] + fill[:cut] + key_line + fill[cut:n_fill] + question + answer, len(answer)
+
+
+def passkey_row(encode, eot, length, rng):
+    """One training row for train.py's passkey mix: a random key at a random depth."""
+    key = int(rng.integers(10 ** (KEY_DIGITS - 1), 10 ** KEY_DIGITS))
+    return passkey_example(encode, eot, length, rng.random(), key)[0]
+
+
+@torch.no_grad()
+def passkey_cell(model, encode, eot, length, depth, keys, batch_tokens, device, ctx):
+    """(accuracy, mean answer loss in nats/token) over `keys`, every example `length` tokens long."""
+    examples = [passkey_example(encode, eot, length, depth, k) for k in keys]
+    hits, losses = [], []
+    bs = max(1, batch_tokens // length)
+    for i in range(0, len(examples), bs):
+        chunk = examples[i:i + bs]
+        ids = torch.tensor([e for e, _ in chunk], device=device)
+        with ctx:
+            logits, _ = model(ids[:, :-1])
+        for row, (_, n) in enumerate(chunk):
+            lg, target = logits[row, -n:].float(), ids[row, -n:]
+            hits.append(bool((lg.argmax(-1) == target).all()))
+            losses.append(F.cross_entropy(lg, target).item())
+    return float(np.mean(hits)), float(np.mean(losses))
+
+
+def run_passkey(model, encode, eot, args, desc):
+    """{ev: {depth: cell}}; a cell holds acc and loss, or na (the reason it cannot be run)."""
+    T = model.config.block_size
+    lo = 10 ** (args.key_digits - 1)
+    keys = np.random.default_rng(args.seed).integers(lo, 10 * lo, size=args.keys).tolist()  # the same keys in every cell
+    grid = {}
+    bar = tqdm(total=len(args.ev) * len(args.depths), desc=desc, file=sys.stderr, leave=False)
+    for ev in args.ev:
+        grid[ev] = {}
+        for depth in args.depths:
+            try:
+                acc, loss = passkey_cell(model, encode, eot, ev * T, depth, keys, args.batch_tokens, args.device, args.ctx)
+                grid[ev][depth] = {'acc': acc, 'loss': loss, 'keys': len(keys)}
+            except ValueError as e:  # e.g. pe=learned past block_size, or a length too short for the prompt
+                grid[ev][depth] = {'na': str(e).split(':')[0].split(' (')[0]}
+            except torch.OutOfMemoryError:
+                grid[ev][depth] = {'na': 'out of memory'}
+                torch.cuda.empty_cache()
+            bar.update()
+    bar.close()
+    return grid
+
+
+def passkey_heatmap(grid, T, title, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    evs, depths = list(grid), list(next(iter(grid.values())))
+    acc = np.array([[grid[ev][d].get('acc', np.nan) for ev in evs] for d in depths])
+    fig, ax = plt.subplots(figsize=(1.2 * len(evs) + 2, 0.6 * len(depths) + 1.6))
+    im = ax.imshow(acc, vmin=0, vmax=1, cmap='RdYlGn', aspect='auto')
+    for i in range(len(depths)):
+        for j in range(len(evs)):
+            ax.text(j, i, 'n/a' if np.isnan(acc[i, j]) else f"{100 * acc[i, j]:.0f}", ha='center', va='center', fontsize=9)
+    ax.set_xticks(range(len(evs)), [f"{ev}x\n{ev * T}" for ev in evs])
+    ax.set_yticks(range(len(depths)), [f"{100 * d:g}%" for d in depths])
+    ax.set_xlabel('length (multiple of the training length, tokens)')
+    ax.set_ylabel('key depth')
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label='accuracy')
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -----------------------------------------------------------------------------
+# benchmarks: each doc becomes (context, options, index of the right option), as lm-evaluation-harness builds them
+
+def hellaswag_doc(d):
+    def clean(text):  # WikiHow's [title] markers and other bracketed artefacts out
+        text = text.strip().replace(' [title]', '. ')
+        return re.sub(r'\[.*?\]', '', text).replace('  ', ' ')
+    context = d['activity_label'] + ': ' + d['ctx_a'] + ' ' + d['ctx_b'].capitalize()
+    return clean(context), [clean(e) for e in d['endings']], int(d['label'])
+
+
+def arc_doc(d):
+    labels = list(d['choices']['label'])
+    return f"Question: {d['question']}\nAnswer:", list(d['choices']['text']), labels.index(d['answerKey'])
+
+
+def mmlu_doc(d):
+    options = ''.join(f"\n{letter}. {choice.strip()}" for letter, choice in zip('ABCD', d['choices']))
+    return (f"The following are multiple choice questions (with answers) about {d['subject'].replace('_', ' ')}.\n\n"
+            f"{d['question'].strip()}{options}\nAnswer:"), ['A', 'B', 'C', 'D'], int(d['answer'])
+
+
+BENCHMARKS = {  # name: (hub dataset, config, split, columns used, doc -> (context, options, gold))
+    'hellaswag': ('Rowan/hellaswag', None, 'validation', ('activity_label', 'ctx_a', 'ctx_b', 'endings', 'label'), hellaswag_doc),
+    'arc_easy': ('allenai/ai2_arc', 'ARC-Easy', 'test', ('question', 'choices', 'answerKey'), arc_doc),
+    'arc_challenge': ('allenai/ai2_arc', 'ARC-Challenge', 'test', ('question', 'choices', 'answerKey'), arc_doc),
+    'mmlu': ('cais/mmlu', 'all', 'test', ('question', 'subject', 'choices', 'answer'), mmlu_doc),
+}
+
+
+def load_benchmark(name, data_file='', limit=0):
+    """[(context, options, gold)] from the hub (cached by datasets) or a local .jsonl/.json/.parquet file."""
+    hub, config, split, columns, to_doc = BENCHMARKS[name]
+    import datasets  # only here: passkey and the rest of the project run without it
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    logging.getLogger('huggingface_hub').setLevel(logging.ERROR)  # our one-line error says it instead
+    source = data_file or f"{hub}" + (f" ({config})" if config else '')
+    try:
+        if data_file:
+            kind = 'parquet' if data_file.endswith('.parquet') else 'json'
+            ds = datasets.load_dataset(kind, data_files=data_file, split='train')
+        else:
+            ds = datasets.load_dataset(hub, config, split=split)
+    except Exception as e:
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        fix = "check the path" if data_file else "run once where the Hugging Face hub is reachable (datasets caches it) " \
+                                                 f"or pass --data-files {name}=FILE.jsonl"
+        raise ValueError(f"could not load {name} from {source} ({type(e).__name__}: {msg}); {fix}")
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{source} has no column {', '.join(missing)}: {name} needs {', '.join(columns)} (the hub schema of {hub})")
+    if limit:
+        ds = ds.select(range(min(limit, len(ds))))
+    docs = []
+    for i, d in enumerate(ds):
+        try:
+            context, options, gold = to_doc(d)
+            assert 0 <= gold < len(options) and all(options)
+        except Exception:
+            raise ValueError(f"row {i} of {source} is not a valid {name} example (its answer or options): fix or drop it")
+        docs.append((context, options, gold))
+    if not docs:
+        raise ValueError(f"{source} has no {name} examples")
+    return docs
+
+
+@torch.no_grad()
+def option_logprobs(model, encode, eot, context, options, device, ctx):
+    """Summed log-probability of ' ' + option after EOT + context, one forward pass for all options."""
+    T = model.config.block_size
+    prefix = [eot] + encode(context)
+    seqs, spans = [], []
+    for option in options:
+        cont = encode(' ' + option)
+        seq = (prefix + cont)[-(T + 1):]  # the last block_size inputs, as the harness truncates
+        seqs.append(seq)
+        spans.append(min(len(cont), len(seq) - 1))
+    x = torch.full((len(seqs), max(map(len, seqs)) - 1), eot, dtype=torch.long)
+    for i, seq in enumerate(seqs):  # right padding: causal attention never looks at it
+        x[i, :len(seq) - 1] = torch.tensor(seq[:-1])
+    with ctx:
+        logits, _ = model(x.to(device))
+    logp = F.log_softmax(logits.float(), dim=-1)
+    out = []
+    for i, (seq, n) in enumerate(zip(seqs, spans)):
+        target = torch.tensor(seq[-n:], device=logp.device)
+        out.append(logp[i, len(seq) - 1 - n:len(seq) - 1].gather(1, target[:, None]).sum().item())
+    return out
+
+
+def run_benchmark(model, encode, eot, docs, device, ctx, desc):
+    """acc, acc_norm and their standard errors over docs."""
+    right, right_norm = [], []
+    for context, options, gold in tqdm(docs, desc=desc, file=sys.stderr, leave=False):
+        lp = option_logprobs(model, encode, eot, context, options, device, ctx)
+        right.append(int(np.argmax(lp)) == gold)
+        right_norm.append(int(np.argmax([l / len(o) for l, o in zip(lp, options)])) == gold)
+    n = len(docs)
+    stderr = lambda hits: float(np.std(hits, ddof=1) / np.sqrt(n)) if n > 1 else float('nan')
+    return {'n': n, 'acc': float(np.mean(right)), 'acc_stderr': stderr(right),
+            'acc_norm': float(np.mean(right_norm)), 'acc_norm_stderr': stderr(right_norm)}
+
+
+# -----------------------------------------------------------------------------
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--ckpt', nargs='+', default=['out'], help="out_dirs (or ckpt.pt files) to evaluate")
+    p.add_argument('--tasks', nargs='+', default=['passkey'], choices=['passkey', *BENCHMARKS])
+    p.add_argument('--ev', nargs='+', type=int, default=[1, 2, 4, 8, 16], help="passkey lengths, multiples of the training length")
+    p.add_argument('--depths', nargs='+', type=float, default=[0, 0.25, 0.5, 0.75, 1], help="passkey positions, 0 (start) to 1 (end)")
+    p.add_argument('--keys', type=int, default=10, help="passkeys per (length, depth) cell")
+    p.add_argument('--key-digits', type=int, default=KEY_DIGITS)
+    p.add_argument('--seed', type=int, default=1337, help="draws the passkeys")
+    p.add_argument('--limit', type=int, default=0, help="benchmarks: only the first N examples (0 = all)")
+    p.add_argument('--data-files', nargs='+', default=[], metavar='TASK=FILE', help="benchmarks: read a local copy instead of the hub")
+    p.add_argument('--scale', type=float, default=1.0, help="pos_scale (position interpolation)")
+    p.add_argument('--tokenizer', default='', help="default: the one in the checkpoint's data meta.json")
+    p.add_argument('--batch-tokens', type=int, default=32768, help="passkey tokens per forward pass")
+    p.add_argument('--out', default='out/tasks', help="folder for tasks.md, tasks.json, passkey_*.png")
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--dtype', default='', help="float32 | bfloat16 (default: bfloat16 on cuda, else float32)")
+    args = p.parse_args()
+    if any(e < 1 for e in args.ev) or args.keys < 1 or args.key_digits < 1 or args.limit < 0:
+        sys.exit("error: --ev, --keys and --key-digits must be positive, --limit >= 0")
+    if any(not 0 <= d <= 1 for d in args.depths):
+        sys.exit("error: --depths are fractions of the filler before the key: use values from 0 to 1")
+    files = dict(f.split('=', 1) for f in args.data_files if '=' in f)
+    if len(files) != len(args.data_files) or set(files) - set(BENCHMARKS):
+        sys.exit(f"error: --data-files takes TASK=FILE with TASK one of {', '.join(BENCHMARKS)}")
+    args.ctx = autocast(args.device, args.dtype)
+    loaded = load_models(args.ckpt, args.device)
+    try:
+        tokenizers = [tokenizer_of(ckpt, args.tokenizer) for _, _, ckpt in loaded]
+        benchmarks = {name: load_benchmark(name, files.get(name, ''), args.limit) for name in args.tasks if name != 'passkey'}
+        for _, model, _ in loaded:
+            model.config.pos_scale = args.scale
+            check_config(model.config)  # e.g. a scale on pe=learned
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+
+    os.makedirs(args.out, exist_ok=True)
+    rows, md = [], []
+    for i, ((path, model, ckpt), (encode, _, eot)) in enumerate(zip(loaded, tokenizers)):
+        c = model.config
+        row = {'ckpt': path, 'pe': c.pe, 'arch': c.arch, 'scale': args.scale, 'block_size': c.block_size,
+               'iter': ckpt.get('iter_num'), 'passkey_frac': ckpt['config'].get('passkey_frac', 0.0)}
+        if 'passkey' in args.tasks:
+            row['passkey'] = run_passkey(model, encode, eot, args, f"{path} passkey")
+            row['passkey_png'] = os.path.join(args.out, f"passkey_{i}_{c.pe}.png")
+            mix = f"passkey mix {row['passkey_frac']:g}" if row['passkey_frac'] else 'no passkey training'
+            passkey_heatmap(row['passkey'], c.block_size, f"{path} (pe={c.pe}, scale {args.scale:g}, {mix})", row['passkey_png'])
+        row['benchmarks'] = {name: run_benchmark(model, encode, eot, docs, args.device, args.ctx, f"{path} {name}")
+                             for name, docs in benchmarks.items()}
+        rows.append(row)
+
+    if 'passkey' in args.tasks:
+        md += passkey_tables(rows, args)
+    if benchmarks:
+        md += ['| checkpoint | pe | scale | task | n | acc | acc_norm |', '|---|---|---|---|---|---|---|']
+        for r in rows:
+            for name, b in r['benchmarks'].items():
+                md.append(f"| {r['ckpt']} | {r['pe']} | {r['scale']:g} | {name} | {b['n']} | "
+                          f"{b['acc']:.4f} ± {b['acc_stderr']:.4f} | {b['acc_norm']:.4f} ± {b['acc_norm_stderr']:.4f} |")
+        md += ['', "Zero-shot, per-option log-likelihood (lm-evaluation-harness prompts); ± is the standard error. "
+               "Chance: 25% (HellaSwag, MMLU), about 25% (ARC, 3 to 5 options).", '']
+    table = '\n'.join(md)
+    print(table)
+    with open(os.path.join(args.out, 'tasks.md'), 'w') as f:
+        f.write(table + '\n')
+    with open(os.path.join(args.out, 'tasks.json'), 'w') as f:
+        json.dump({'args': {k: v for k, v in vars(args).items() if k != 'ctx'}, 'rows': rows}, f, indent=1)
+    print(f"wrote {args.out}/tasks.md, tasks.json" + (", passkey_*.png" if 'passkey' in args.tasks else ''), file=sys.stderr)
+
+
+def passkey_tables(rows, args):
+    """A summary (accuracy over all depths per length), then a depth x length grid per checkpoint."""
+    fmt = lambda c: f"{100 * c['acc']:.0f}%" if 'acc' in c else f"n/a ({c['na']})"
+    lengths = lambda r: ' | '.join(f"{ev}x" for ev in r['passkey'])
+    md = ['| checkpoint | pe | scale | passkey mix | ' + lengths(rows[0]) + ' |', '|' + '---|' * (4 + len(args.ev))]
+    for r in rows:
+        cells = []
+        for ev, by_depth in r['passkey'].items():
+            accs = [c['acc'] for c in by_depth.values() if 'acc' in c]
+            cells.append(f"{100 * np.mean(accs):.0f}%" if accs else fmt(next(iter(by_depth.values()))))
+        md.append(f"| {r['ckpt']} | {r['pe']} | {r['scale']:g} | {r['passkey_frac']:g} | " + ' | '.join(cells) + ' |')
+    md += ['', f"Passkey accuracy (exact match of greedy decoding), all depths pooled: {args.keys} keys of "
+           f"{args.key_digits} digits x {len(args.depths)} depths per length.", '']
+    for r in rows:
+        T = r['block_size']
+        md += [f"{r['ckpt']} (pe={r['pe']}): accuracy (answer loss, nats/token) by depth and length",
+               '', '| depth | ' + ' | '.join(f"{ev}x = {ev * T}" for ev in r['passkey']) + ' |', '|' + '---|' * (1 + len(args.ev))]
+        for d in args.depths:
+            cells = [fmt(r['passkey'][ev][d]) + (f" ({r['passkey'][ev][d]['loss']:.2f})" if 'acc' in r['passkey'][ev][d] else '')
+                     for ev in r['passkey']]
+            md.append(f"| {100 * d:g}% | " + ' | '.join(cells) + ' |')
+        md.append('')
+    return md
+
+
+if __name__ == '__main__':
+    main()
