@@ -2,8 +2,10 @@
 # Passkey retrieval at CPU scale (results/README.md, "Passkey retrieval"), end to end:
 #   bash results/run_passkey.sh          (from the repo root; PES="expe rope" for fewer runs)
 # Each run is config/passkey_cpu.py: the demo model (T = 128), 6000 steps x 16 rows (cosine to
-# step 3000, then flat), half of the rows synthetic passkey examples. Two runs train at a time (one thread each); interrupted
-# and shorter runs resume, finished ones only re-evaluate. Then eval_tasks.py: 1x..16x x 5 depths x 10 keys per checkpoint.
+# step 3000, then flat), half of the rows synthetic passkey examples. Two runs train at a time
+# (one thread each); interrupted and shorter runs resume, finished ones only re-evaluate. Then
+# eval_tasks.py (1x..16x x 5 depths x 10 keys per checkpoint, and 1x..4x with --scale 0.5),
+# results/passkey_probe.py, and eval.py for the same checkpoints' val loss.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PES=${PES:-"expe rope tape alibi"}
@@ -30,3 +32,6 @@ echo "training: $(( $(date +%s) - t0 )) s"
 ckpts=()
 for pe in $PES; do ckpts+=("out/passkey_$pe"); done
 python eval_tasks.py --ckpt "${ckpts[@]}" --tasks passkey --out results/cpu_passkey
+python eval_tasks.py --ckpt "${ckpts[@]}" --tasks passkey --ev 1 2 4 --scale 0.5 --out results/cpu_passkey/scaled
+python results/passkey_probe.py "${ckpts[@]}" > results/cpu_passkey/probe.md
+python eval.py --ckpt "${ckpts[@]}" --out results/cpu_passkey/loss
