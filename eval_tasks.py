@@ -162,7 +162,7 @@ def load_benchmark(name, data_file='', limit=0):
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     logging.getLogger('huggingface_hub').setLevel(logging.ERROR)  # our one-line error says it instead
-    source = data_file or f"{hub}" + (f" ({config})" if config else '')
+    source = data_file or hub + (f" ({config})" if config else '')
     try:
         if data_file:
             kind = 'parquet' if data_file.endswith('.parquet') else 'json'
@@ -183,8 +183,10 @@ def load_benchmark(name, data_file='', limit=0):
     for i, d in enumerate(ds):
         try:
             context, options, gold = to_doc(d)
-            assert 0 <= gold < len(options) and all(options)
+            valid = 0 <= gold < len(options) and all(options)
         except Exception:
+            valid = False
+        if not valid:
             raise ValueError(f"row {i} of {source} is not a valid {name} example (its answer or options): fix or drop it")
         docs.append((context, options, gold))
     if not docs:

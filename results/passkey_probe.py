@@ -22,6 +22,8 @@ print('| checkpoint | pe | length | depth | 2nd mention at position | 2nd mentio
 print('|---|---|---|---|---|---|---|')
 for path, model, ckpt in load_models(sys.argv[1:], 'cpu'):
     encode, _, eot = tokenizer_of(ckpt)
+    if len(encode(str(KEYS[0]))) != 5:
+        sys.exit(f"error: {path}: the probe needs one token per digit (a byte-level checkpoint)")
     T = model.config.block_size
     for ev in (1, 2, 4):
         for depth in (0, 1):
@@ -30,8 +32,8 @@ for path, model, ckpt in load_models(sys.argv[1:], 'cpu'):
             with torch.no_grad():
                 logits, _ = model(ids[:, :-1])
             guess = logits.argmax(-1)
-            key_line = encode(f"Remember it. {KEYS[0]}")  # the second mention's digits end this
-            at = next(i for i in range(len(rows[0][0])) if rows[0][0][i:i + len(key_line)] == key_line) + len(key_line) - 5
+            mark = encode("Remember it. ")  # the second mention's 5 digits follow this
+            at = next(i for i in range(len(rows[0][0])) if rows[0][0][i:i + len(mark)] == mark) + len(mark)  # same for every key
             second = (guess[:, at - 1:at + 4] == ids[:, at:at + 5]).all(1).float().mean().item()
             n = rows[0][1]
             answer = (guess[:, -n:] == ids[:, -n:]).all(1).float().mean().item()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-runs every CPU-scale result of results/README.md end to end:
 #   bash results/run_cpu.sh            (from the repo root; JOBS=2 trains two runs at a time)
-# Every run is config/demo_cpu.py (byte-level Shakespeare, 4 x 128, T = 128, 1200 steps x 2,048
+# Every run is config/demo_cpu.py (byte-level Shakespeare, 4 x 128, T = 128, 1000 steps x 2,048
 # tokens) plus the overrides named below. Finished runs are skipped, interrupted ones resume.
 set -euo pipefail
 cd "$(dirname "$0")/.."
