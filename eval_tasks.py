@@ -30,8 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from eval import autocast, load_models, tokenizer_of
-from model import check_config
+from eval import autocast, cannot_run, load_models, tokenizer_of
 
 # -----------------------------------------------------------------------------
 # passkey retrieval; train.py's passkey mix draws its training rows from here too
@@ -42,13 +41,17 @@ QUESTION = "\nWhat is the pass key? The pass key is"
 KEY_DIGITS = 5
 
 
+class PromptTooLong(ValueError):
+    """A task's prompt does not fit in the asked length."""
+
+
 def passkey_example(encode, eot, length, depth, key):
     """(ids, n_answer): EOT, filler with the key line at `depth` in [0, 1], the question and ' key',
     `length` tokens in all; the last n_answer tokens are the answer."""
     key_line, question, answer = encode(KEY_LINE.format(key=key)), encode(QUESTION), encode(f" {key}")
     n_fill = length - 1 - len(key_line) - len(question) - len(answer)
     if n_fill < 0:
-        raise ValueError(f"a passkey example needs {length - n_fill} tokens, more than {length}")
+        raise PromptTooLong(f"a passkey example needs {length - n_fill} tokens, more than {length}")
     fill, reps = [], n_fill // len(encode(FILLER)) + 1
     while len(fill) < n_fill:  # BPE merges across repeats can make a repeat a token shorter
         fill, reps = encode(FILLER * reps), reps + 1
@@ -90,11 +93,15 @@ def run_passkey(model, encode, eot, args, desc):
     for ev in args.ev:
         grid[ev] = {}
         for depth in args.depths:
+            na = cannot_run(model, ev * T)
             try:
-                acc, loss = passkey_cell(model, encode, eot, ev * T, depth, keys, args.batch_tokens, args.device, args.ctx)
-                grid[ev][depth] = {'acc': acc, 'loss': loss, 'keys': len(keys)}
-            except ValueError as e:  # e.g. pe=learned past block_size, or a length too short for the prompt
-                grid[ev][depth] = {'na': str(e).split(':')[0].split(' (')[0]}
+                if na:
+                    grid[ev][depth] = {'na': na}
+                else:
+                    acc, loss = passkey_cell(model, encode, eot, ev * T, depth, keys, args.batch_tokens, args.device, args.ctx)
+                    grid[ev][depth] = {'acc': acc, 'loss': loss, 'keys': len(keys)}
+            except PromptTooLong as e:
+                grid[ev][depth] = {'na': str(e)}
             except torch.OutOfMemoryError:
                 grid[ev][depth] = {'na': 'out of memory'}
                 torch.cuda.empty_cache()
@@ -263,9 +270,10 @@ def main():
     try:
         tokenizers = [tokenizer_of(ckpt, args.tokenizer) for _, _, ckpt in loaded]
         benchmarks = {name: load_benchmark(name, files.get(name, ''), args.limit) for name in args.tasks if name != 'passkey'}
-        for _, model, _ in loaded:
+        for path, model, _ in loaded:
+            if args.scale != 1.0 and not model.scalable:
+                raise ValueError(f"--scale {args.scale}: pos_scale means nothing for pe={model.config.pe} ({path}): leave it at 1")
             model.config.pos_scale = args.scale
-            check_config(model.config)  # e.g. a scale on pe=learned
     except ValueError as e:
         sys.exit(f"error: {e}")
 

@@ -415,6 +415,16 @@ class GPT(nn.Module):
             n -= self.transformer.wte.weight.numel()
         return n
 
+    @property
+    def max_len(self):
+        """The longest input (in positions, KV cache included) this model accepts; None = no limit."""
+        return self.config.block_size if self.config.pe == 'learned' else None
+
+    @property
+    def scalable(self):
+        """Whether pos_scale means anything for this pe (it has position values to scale)."""
+        return self.config.pe not in ('learned', 'nope')
+
     def pe_inputs(self, pos):
         """What the blocks need to apply this model's PE at absolute positions `pos` (T,)."""
         c, s = self.config, self.config.pos_scale
@@ -437,9 +447,9 @@ class GPT(nn.Module):
         With a KVCache, idx holds only the new tokens; positions continue from cache.pos."""
         B, T = idx.size()
         past = cache.pos if cache is not None else 0
-        if self.config.pe == 'learned' and past + T > self.config.block_size:
-            raise ValueError(f"pe=learned has no position embedding past block_size={self.config.block_size} "
-                             f"(asked for {past + T} positions): use a shorter input or another pe")
+        if self.max_len is not None and past + T > self.max_len:
+            raise ValueError(f"pe={self.config.pe} accepts at most {self.max_len} positions "
+                             f"(asked for {past + T}): use a shorter input or another pe")
         pos = torch.arange(past, past + T, device=idx.device)
         x = self.transformer.wte(idx)
         if self.config.pe == 'learned':
@@ -475,9 +485,9 @@ class GPT(nn.Module):
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
         """Sample max_new_tokens tokens after idx (B, T), with a KV cache. For pe=learned, once
         the sequence outgrows block_size the context is cropped to the last block_size tokens."""
-        crop = self.config.pe == 'learned'
+        crop = self.max_len  # a pe with a longest input sees only the last max_len tokens
         cache = KVCache(self.config.n_layer)
-        logits, _ = self(idx[:, -self.config.block_size:] if crop else idx, cache=cache)
+        logits, _ = self(idx[:, -crop:] if crop else idx, cache=cache)
         for _ in range(max_new_tokens):
             logits = logits[:, -1, :] / max(temperature, 1e-8)
             if top_k is not None:
@@ -485,8 +495,8 @@ class GPT(nn.Module):
                 logits[logits < v[:, [-1]]] = -float('inf')
             idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
             idx = torch.cat((idx, idx_next), dim=1)
-            if crop and cache.pos >= self.config.block_size:  # no room left: recompute on a cropped window
-                logits, _ = self(idx[:, -self.config.block_size:])
+            if crop and cache.pos >= crop:  # no room left: recompute on a cropped window
+                logits, _ = self(idx[:, -crop:])
             else:
                 logits, _ = self(idx_next, cache=cache)
         return idx

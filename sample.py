@@ -11,7 +11,7 @@ import sys
 import torch
 
 from eval import autocast, tokenizer_of
-from model import check_config, load_checkpoint
+from model import load_checkpoint
 
 
 def main():
@@ -30,8 +30,9 @@ def main():
 
     try:
         model, ckpt = load_checkpoint(args.ckpt, args.device)
+        if args.scale != 1.0 and not model.scalable:
+            raise ValueError(f"--scale {args.scale}: pos_scale means nothing for pe={model.config.pe}: leave it at 1")
         model.config.pos_scale = args.scale
-        check_config(model.config)
         encode, decode, eot = tokenizer_of(ckpt, args.tokenizer)
         start = args.start
         if start.startswith('FILE:'):

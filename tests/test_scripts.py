@@ -117,7 +117,7 @@ def test_eval_table(trained, data_dir, tmp_path):
     expe_row, learned_row = table[2].split(' | '), table[3].split(' | ')
     assert expe_row[1] == 'expe' and all(0 < float(c.strip(' |')) < 6 for c in expe_row[3:])
     assert learned_row[3].startswith('2.') or float(learned_row[3]) < 6
-    assert 'n/a (pe=learned has no position embedding past block_size=32' in learned_row[4]
+    assert 'n/a (pe=learned accepts at most 32 positions)' in learned_row[4]
     assert 'same 256 target tokens' in p.stdout  # 2 windows x 4 x 32, at every length
     result = json.loads((out / 'eval.json').read_text())
     cells = result['rows'][0]['cells']
@@ -133,7 +133,7 @@ def test_eval_scale(trained, tmp_path):
             '--out', tmp_path, '--device', 'cpu')
     rows = [line for line in p.stdout.splitlines() if line.startswith('| ')][1:]
     assert rows[0].split(' | ')[2] == '0.5'
-    assert 'n/a (pos_scale=0.5 has no meaning for pe=learned' in rows[1]
+    assert 'n/a (pos_scale means nothing for pe=learned)' in rows[1]
     scaled = json.loads((tmp_path / 'eval.json').read_text())['rows'][0]['cells']['2']['loss']
     run('eval.py', '--ckpt', trained / 'expe', '--ev', 2, '--windows', 1, '--out', tmp_path, '--device', 'cpu')
     plain = json.loads((tmp_path / 'eval.json').read_text())['rows'][0]['cells']['2']['loss']
