@@ -1,23 +1,24 @@
 """
 One GPT decoder with a positional-encoding switch (`pe`) and an architecture switch (`arch`).
 
-pe:   expe | exqpe | rope | sinusoidal | learned | alibi | nope | tape
+pe:   see PES below (expe, exqpe, rope, sinusoidal, learned, alibi, nope, tape, ...)
 arch: gpt2  (LayerNorm, GELU MLP, dropout, optional bias, tied embeddings by default)
       llama (RMSNorm, SwiGLU MLP, no bias, optional tied embeddings)
 
-Every positional encoding is one small section below, found by its name. Positions are
-absolute token indices n = 0, 1, 2, ... (offset by the KV cache when decoding), multiplied by
-`pos_scale` at inference for the PEs where that means something (position interpolation).
+Every positional encoding is one class in the "Positional encodings" section: its math, its
+parameters, what it contributes to the decoder and what it can do. Positions are absolute token
+indices n = 0, 1, 2, ... (offset by the KV cache when decoding), multiplied by `pos_scale` at
+inference for the PEs where that means something (position interpolation).
 """
 import math
 import os
+import re
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-PES = ('expe', 'exqpe', 'rope', 'sinusoidal', 'learned', 'alibi', 'nope', 'tape')
 ARCHS = ('gpt2', 'llama')
 
 
@@ -31,7 +32,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True           # gpt2 arch: biases in Linear and LayerNorm (llama never has them)
     arch: str = 'gpt2'          # 'gpt2' or 'llama'
-    pe: str = 'expe'            # one of PES
+    pe: str = 'expe'            # a name in PES
     tie_embeddings: bool = True # share the token embedding with the LM head
     ffn_hidden: int = 0         # llama MLP width; 0 -> 8/3 * n_embd rounded up to a multiple of 64
     norm_eps: float = 1e-5
@@ -53,6 +54,74 @@ class GPTConfig:
     tape_rowsum: bool = False   # the authors' code: the H x H head mixing acts as per-head scalars (row sums)
 
 
+# =============================================================================
+# Positional encodings
+#
+# A pe is one class with the shape of `PE` below, and one entry in PES at the end of this section.
+# GPT builds it from config.pe (as `model.pe`) and calls it at fixed points of every forward:
+#   embed(x, pos)                   token embeddings (B, T, C) -> the first block's input
+#   setup(pos)                      once: what the blocks need at the absolute positions pos (T,)
+#   project(c_attn, x, st, layer)   the normalized attention input (B, T, C) -> q, k, v (B, T, C)
+#   rotate(q, k, v, st, layer)      q, k, v per head (B, H, T, D), before the KV cache and attention
+#   score_bias(h, q_pos, k_pos)     added to the attention logits, if has_bias
+#   after_attention(y, st, layer)   the attention output per head (B, H, T, D')
+#   after_block(f, st, layer)       the block's MLP output (B, T, C)
+# `st` is the dict setup returned; a pe may update it from block to block (TAPE does).
+# What it can do: max_len() (the longest input; None = any), scalable (pos_scale means something),
+# knobs (the GPTConfig fields it owns: set on another pe, they are an error), check() (its own
+# config errors), train_positions() (positions for a training batch; None = 0..T-1).
+# To add a pe: write its class, add its name to PES, add its knobs to GPTConfig.
+
+class PE(nn.Module):
+    """The shape every pe has. On its own it adds nothing: it is `nope` (causal attention alone)."""
+    knobs = ()          # GPTConfig fields that belong to this pe
+    scalable = False    # does pos_scale mean anything (are there position values to scale)?
+    has_bias = False    # does it add score_bias to the attention logits?
+    renamed = ()        # (old state-dict name pattern, new name) for checkpoints from before a rename
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    def check(self):
+        """Raise ValueError (one line: the problem and the fix) for settings this pe cannot use."""
+
+    def max_len(self):
+        """The longest input in positions, KV cache included; None = no limit."""
+        return None
+
+    def train_positions(self, rng, batch_size, T):
+        """Positions (batch_size, T) for one training batch, drawn from the batch's numpy RNG; None = 0..T-1."""
+        return None
+
+    def embed(self, x, pos):
+        return x
+
+    def setup(self, pos):
+        return {}
+
+    def project(self, c_attn, x, st, layer):
+        return c_attn(x).split(x.size(-1), dim=2)
+
+    def rotate(self, q, k, v, st, layer):
+        return q, k, v
+
+    def score_bias(self, h, q_pos, k_pos):
+        raise NotImplementedError
+
+    def after_attention(self, y, st, layer):
+        return y
+
+    def after_block(self, f, st, layer):
+        pass
+
+
+def head_size_is_even(config):
+    if (config.n_embd // config.n_head) % 2:
+        raise ValueError(f"pe={config.pe} needs an even head size, got {config.n_embd // config.n_head}: "
+                         "change n_embd or n_head")
+
+
 # -----------------------------------------------------------------------------
 # sinusoidal (Vaswani et al. 2017): PE[n, 2i] = sin(n / 10000^(2i/d)), PE[n, 2i+1] = cos(same),
 # added once to the token embedding. Scaled by 1/sqrt(d) so it starts at the size of a
@@ -64,22 +133,98 @@ def sinusoidal_table(pos, dim):
     return torch.stack((ang.sin(), ang.cos()), dim=-1).flatten(-2)[:, :dim]  # (T, dim), interleaved
 
 
+class Sinusoidal(PE):
+    scalable = True
+
+    def embed(self, x, pos):
+        C = x.size(-1)
+        return x + (sinusoidal_table(pos * self.config.pos_scale, C) / math.sqrt(C)).to(x.dtype)
+
+
 # -----------------------------------------------------------------------------
 # learned (GPT-2): a table with one row per training position; there is no row past block_size.
-# (the table itself is `transformer.wpe` in GPT below)
+
+class Learned(PE):
+    renamed = ((r'^transformer\.wpe\.', 'pe.wpe.'),)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+
+    def max_len(self):
+        return self.config.block_size
+
+    def embed(self, x, pos):
+        return x + self.wpe(pos)
 
 
 # -----------------------------------------------------------------------------
-# expe (ExPE, Eq. 3): dims i < l of the normalized attention input are overwritten with
-# S + θ·(n + i). Computed in fp32: in bf16 neighbouring positions round to the same value.
+# expe (ExPE, Eq. 3; docs/expe.md): dims i < l of the normalized attention input of Q and K (not V)
+# become S + θ·(n + i); the residual stream never holds them. The override is applied inside the
+# projection: W·φ(x, n) = W[:, l:]·x[l:] + W[:, :l]·p_n, with the position part in fp32, computed
+# once for all rows. Under bf16 autocast a materialized φ would be cast to bf16, whose 8-bit
+# mantissa rounds neighbouring positions to one value (from n = 256 at θ = 1/2048).
 
 def expe_values(pos, l, start, theta, stable=False):
     i = torch.zeros(l, device=pos.device) if stable else torch.arange(l, device=pos.device, dtype=torch.float32)
     return start + theta * (pos.float()[:, None] + i[None, :])  # (T, l)
 
 
-# exqpe (ExQPE, reconstruction): dim i holds S + δ·floor((n + i) / period). With period = l,
-# moving one position steps exactly one dim by δ, and the dims sum to l·S + δ·n (Hermite).
+def expe_project(c_attn, x, values, n_out):
+    """The first n_out C-wide outputs of c_attn (q, k; and v with expe_v) on φ(x, n): x (B, T, C)
+    with its first l channels replaced by values (T, l)."""
+    C, l = x.size(-1), values.size(-1)
+    w = c_attn.weight[:n_out * C]
+    b = None if c_attn.bias is None else c_attn.bias[:n_out * C]
+    rest = F.linear(x[..., l:], w[:, l:], b)
+    with torch.autocast(x.device.type, enabled=False):  # the position part stays fp32
+        pos_part = values.float() @ w[:, :l].float().t()  # (T, n_out * C), the same for every row
+    return (rest + pos_part).to(rest.dtype)
+
+
+class ExPE(PE):
+    knobs = ('expe_dims', 'expe_start', 'expe_once', 'expe_v', 'expe_theta', 'expe_stable', 'expe_learned')
+    scalable = True  # multiplies the values (the paper's "scaled by 1/2")
+    renamed = ((r'^expe_params$', 'pe.params'),)
+
+    def __init__(self, config):
+        super().__init__(config)
+        c = config
+        self.l = c.expe_dims or c.n_embd // 4
+        self.theta = c.expe_theta or 1.0 / (2 * c.block_size)
+        if c.expe_learned in ('random', 'init'):  # two trainable scalars (S, θ) shared by all blocks
+            self.params = nn.Parameter(torch.randn(2) * 0.02 if c.expe_learned == 'random'
+                                       else torch.tensor([c.expe_start, self.theta]))
+
+    def check(self):
+        c = self.config
+        if not 1 <= self.l <= c.n_embd:
+            raise ValueError(f"expe_dims={c.expe_dims} must be between 1 and n_embd={c.n_embd}")
+        if c.expe_learned not in ('', 'random', 'init'):
+            raise ValueError(f"expe_learned='{c.expe_learned}': use '' (fixed), 'random' or 'init'")
+
+    def values(self, pos):
+        c = self.config
+        start, theta = self.params if c.expe_learned else (c.expe_start, self.theta)
+        return expe_values(pos, self.l, start, theta, c.expe_stable)
+
+    def setup(self, pos):
+        return {'expe': self.config.pos_scale * self.values(pos)}
+
+    def project(self, c_attn, x, st, layer):
+        c = self.config
+        if c.expe_once and layer > 0:  # ablation "once": the first block only
+            return super().project(c_attn, x, st, layer)
+        C = x.size(-1)
+        if c.expe_v:  # ablation: V sees the positions too
+            return expe_project(c_attn, x, st['expe'], 3).split(C, dim=2)
+        q, k = expe_project(c_attn, x, st['expe'], 2).split(C, dim=2)
+        w, b = c_attn.weight[2 * C:], None if c_attn.bias is None else c_attn.bias[2 * C:]
+        return q, k, F.linear(x, w, b)
+
+
+# exqpe (ExQPE, reconstruction; docs/expe.md): dim i holds S + δ·floor((n + i) / period). With
+# period = l, moving one position steps exactly one dim by δ, and the dims sum to l·S + δ·n.
 # `pos` may be fractional under pos_scale, so the scale multiplies the values instead.
 
 def exqpe_values(pos, l, start, step, period):
@@ -87,10 +232,17 @@ def exqpe_values(pos, l, start, step, period):
     return start + step * torch.floor((pos.float()[:, None] + i[None, :]) / period)
 
 
-def expe_override(x, values):
-    """Replace the first l channels of x (B, T, C) by values (T, l); the rest is untouched."""
-    l = values.size(-1)
-    return torch.cat((values.to(x.dtype).expand(x.size(0), -1, -1), x[..., l:]), dim=-1)
+class ExQPE(ExPE):
+    knobs = ('expe_dims', 'expe_start', 'expe_once', 'expe_v', 'exqpe_step', 'exqpe_period')
+
+    def __init__(self, config):
+        super().__init__(config)
+        # δ: the power of two nearest to l/(2T), so every value is exact in bf16
+        self.step = config.exqpe_step or 2.0 ** round(math.log2(self.l / (2 * config.block_size)))
+
+    def values(self, pos):
+        c = self.config
+        return exqpe_values(pos, self.l, c.expe_start, self.step, c.exqpe_period or self.l)
 
 
 # -----------------------------------------------------------------------------
@@ -99,7 +251,7 @@ def expe_override(x, values):
 
 def rope_cos_sin(pos, head_dim, base):
     inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=pos.device) / head_dim)
-    ang = pos.float()[:, None] * inv_freq[None, :]
+    ang = pos.float()[..., None] * inv_freq
     ang = torch.cat((ang, ang), dim=-1)  # (T, D)
     return ang.cos(), ang.sin()
 
@@ -107,6 +259,22 @@ def rope_cos_sin(pos, head_dim, base):
 def apply_rope(x, cos, sin):
     x1, x2 = x.chunk(2, dim=-1)
     return (x * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
+
+
+class RoPE(PE):
+    knobs = ('rope_base',)
+    scalable = True
+
+    def check(self):
+        head_size_is_even(self.config)
+
+    def setup(self, pos):
+        c = self.config
+        return {'rope': rope_cos_sin(pos * c.pos_scale, c.n_embd // c.n_head, c.rope_base)}
+
+    def rotate(self, q, k, v, st, layer):
+        cos, sin = st['rope']
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
 # -----------------------------------------------------------------------------
@@ -121,48 +289,27 @@ def alibi_slopes(n_head):
     return torch.tensor(slopes, dtype=torch.float32)
 
 
-def alibi_bias(slopes, scale, q_pos, k_pos):
-    """Dense (H, Tq, Tk) additive bias with the causal mask folded in (-inf above the diagonal)."""
-    dist = q_pos[:, None] - k_pos[None, :]
-    bias = -(slopes * scale)[:, None, None] * dist[None].float()
-    return bias.masked_fill(dist[None] < 0, float('-inf'))
+class ALiBi(PE):
+    scalable = True  # multiplies the distances
+    has_bias = True
 
+    def __init__(self, config):
+        super().__init__(config)
+        self.register_buffer('slopes', alibi_slopes(config.n_head), persistent=False)
 
-_flex_attention = None  # compiled once on first use
-_block_masks = {}
-
-
-def alibi_flex(q, k, v, slopes, scale, offset):
-    """ALiBi through FlexAttention: the bias is computed per score, no (T x T) tensor is stored."""
-    global _flex_attention
-    from torch.nn.attention.flex_attention import flex_attention, create_block_mask
-    if _flex_attention is None:
-        _flex_attention = torch.compile(flex_attention, dynamic=False)
-    Tq, Tk = q.size(-2), k.size(-2)
-
-    def score_mod(score, b, h, q_idx, kv_idx):
-        return score - slopes[h] * scale * (q_idx + offset - kv_idx)
-
-    def causal(b, h, q_idx, kv_idx):
-        return q_idx + offset >= kv_idx
-
-    key = (Tq, Tk, offset, str(q.device))
-    if key not in _block_masks:  # building a block mask costs a pass over the blocks: reuse it
-        _block_masks[key] = create_block_mask(causal, None, None, Tq, Tk, device=q.device)
-    block_mask = _block_masks[key]
-    return _flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask)
+    def score_bias(self, h, q_pos, k_pos):
+        return -self.slopes[h] * self.config.pos_scale * (q_pos - k_pos)
 
 
 # -----------------------------------------------------------------------------
-# tape (TAPE, Zhu et al. 2025; ../shared/docs/tape-spec.md): each block carries a position state
-# z (B, H, T, D) = [Re | Im] of one complex number per head, token and RoPE frequency. It starts
-# as exactly RoPE, rotates q and k like RoPE, is mixed along tokens by the block's own causal
-# attention probabilities (it rides along as extra value channels of the same SDPA call), and
-# then by the MLP output through a gated head-mixing map. Both updates act alike on every
-# frequency and on Re and Im, so rotating all of z (e.g. shifting every position) changes no
-# logit: the model stays exactly relative. Extra parameters: (L-1)(H^2 + C*I + 2*H*I), since
-# the last block's state is discarded (the authors' code builds that update too, L(...), and
-# leaves it untrained).
+# tape (TAPE, Zhu et al. 2025; docs/tape.md): each block carries a position state z (B, H, T, D) =
+# [Re | Im] of one complex number per head, token and RoPE frequency. It starts as exactly RoPE,
+# rotates q and k like RoPE, is mixed along tokens by the block's own causal attention
+# probabilities (it rides along as extra value channels of the same SDPA call), and then by the
+# MLP output through a gated head-mixing map. Both updates act alike on every frequency and on Re
+# and Im, so rotating all of z (e.g. shifting every position) changes no logit: the model stays
+# exactly relative. Extra parameters: (L-1)(H^2 + C*I + 2*H*I), since the last block's state is
+# discarded (the authors' code builds that update too, L(...), and leaves it untrained).
 
 def tape_init(pos, n_head, head_dim, base):
     cos, sin = rope_cos_sin(pos, head_dim, base)  # the state at init is RoPE's cos/sin
@@ -176,8 +323,8 @@ def tape_rotate(x, z):
     return apply_rope(x, torch.cat((zr, zr), dim=-1), torch.cat((zi, zi), dim=-1))
 
 
-class TAPE(nn.Module):
-    """The two updates of the position state in one block; both start at zero (TAPE == RoPE)."""
+class TAPEUpdate(nn.Module):
+    """The two updates of the position state after one block; both start at zero (TAPE == RoPE)."""
     def __init__(self, config):
         super().__init__()
         H, I = config.n_head, config.tape_inner or 4 * config.n_head
@@ -199,6 +346,105 @@ class TAPE(nn.Module):
         with torch.autocast(z.device.type, enabled=False):
             u = torch.einsum('ih,bhtd->bitd', self.up.float(), z)
             return torch.einsum('hi,bitd->bhtd', self.down.float(), g.float() * u)
+
+
+class TAPE(PE):
+    knobs = ('rope_base', 'tape_inner', 'tape_rowsum')
+    scalable = True  # interpolates the initial RoPE state
+    renamed = ((r'^transformer\.h\.(\d+)\.tape\.', r'pe.updates.\1.'),)
+
+    def __init__(self, config):
+        super().__init__(config)
+        # the state after the last block is discarded, so its update would never train: none there
+        self.updates = nn.ModuleList(TAPEUpdate(config) for _ in range(config.n_layer - 1))
+
+    def check(self):
+        head_size_is_even(self.config)
+
+    def setup(self, pos):
+        c = self.config
+        return {'z': tape_init(pos * c.pos_scale, c.n_head, c.n_embd // c.n_head, c.rope_base)}
+
+    def rotate(self, q, k, v, st, layer):
+        z = st['z'].expand(q.size(0), -1, -1, -1)
+        return tape_rotate(q, z), tape_rotate(k, z), torch.cat((v, z.to(v.dtype)), dim=-1)  # A z rides along
+
+    def after_attention(self, y, st, layer):
+        y, st['az'] = y.split(y.size(-1) // 2, dim=-1)
+        return y
+
+    def after_block(self, f, st, layer):
+        if layer < len(self.updates):  # the state for the next block
+            u = self.updates[layer]
+            z = st['z'] + u.attn_update(st['az'])
+            st['z'] = z + u.mlp_update(f, z)
+
+
+# -----------------------------------------------------------------------------
+# Every pe, by the name `config.pe` uses. A new pe: its class above, its name here.
+
+PES = {
+    'expe': ExPE,
+    'exqpe': ExQPE,
+    'rope': RoPE,
+    'sinusoidal': Sinusoidal,
+    'learned': Learned,
+    'alibi': ALiBi,
+    'nope': PE,
+    'tape': TAPE,
+}
+
+
+# -----------------------------------------------------------------------------
+# Attention, shared by every pe: causal SDPA (flash / memory-efficient kernels where possible),
+# and one path for pes that add a score bias: a dense (H, Tq, Tk) bias on CPU, FlexAttention on
+# CUDA, which computes the bias per score and stores no T x T tensor (it has no dropout).
+
+_flex_attention = None  # compiled once on first use
+_block_masks = {}
+
+
+def bias_flex(q, k, v, pe, past):
+    global _flex_attention
+    from torch.nn.attention.flex_attention import flex_attention, create_block_mask
+    if _flex_attention is None:
+        _flex_attention = torch.compile(flex_attention, dynamic=False)
+    Tq, Tk = q.size(-2), k.size(-2)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + pe.score_bias(h, q_idx + past, kv_idx)
+
+    def causal(b, h, q_idx, kv_idx):
+        return q_idx + past >= kv_idx
+
+    key = (Tq, Tk, past, str(q.device))
+    if key not in _block_masks:  # building a block mask costs a pass over the blocks: reuse it
+        _block_masks[key] = create_block_mask(causal, None, None, Tq, Tk, device=q.device)
+    return _flex_attention(q, k, v, score_mod=score_mod, block_mask=_block_masks[key])
+
+
+def dense_bias(pe, n_head, past, Tq, Tk, device):
+    """(H, Tq, Tk) score bias of the queries at past..past+Tq-1, with the causal mask folded in."""
+    h = torch.arange(n_head, device=device)[:, None, None]
+    q_pos = torch.arange(past, past + Tq, device=device)[None, :, None]
+    k_pos = torch.arange(Tk, device=device)[None, None, :]
+    return pe.score_bias(h, q_pos, k_pos).float().masked_fill(k_pos > q_pos, float('-inf'))
+
+
+def attention(q, k, v, pe, past, dropout_p):
+    """Causal attention of q (B, H, Tq, D), at positions past..past+Tq-1, over k, v (B, H, Tk, D)."""
+    Tq, Tk = q.size(2), k.size(2)
+    if pe.has_bias:
+        if q.is_cuda and Tq > 1 and dropout_p == 0.0:
+            return bias_flex(q, k, v, pe, past)
+        bias = dense_bias(pe, q.size(1), past, Tq, Tk, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p)
+    if past == 0:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    if Tq == 1:  # one new token sees every cached key
+        return F.scaled_dot_product_attention(q, k, v)
+    mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=past)  # a chunk after a cache
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 # -----------------------------------------------------------------------------
@@ -239,57 +485,25 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer):
         super().__init__()
-        assert config.n_embd % config.n_head == 0
         bias = config.bias and config.arch == 'gpt2'
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=bias)  # q, k, v stacked
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
-        self.layer = layer
-        self.expe_here = config.pe in ('expe', 'exqpe') and (layer == 0 or not config.expe_once)
-        self.expe_v = config.expe_v
+        self.n_head, self.dropout, self.layer = config.n_head, config.dropout, layer
 
-    def forward(self, x, pe, cache=None):
+    def forward(self, x, pe, st, cache=None):
         B, T, C = x.size()
-        if self.expe_here and not self.expe_v:  # Q and K see positions, V the plain normalized input
-            w, b = self.c_attn.weight, self.c_attn.bias
-            q, k = F.linear(expe_override(x, pe['expe']), w[:2 * C], None if b is None else b[:2 * C]).split(C, dim=2)
-            v = F.linear(x, w[2 * C:], None if b is None else b[2 * C:])
-        else:
-            q, k, v = self.c_attn(expe_override(x, pe['expe']) if self.expe_here else x).split(C, dim=2)
+        q, k, v = pe.project(self.c_attn, x, st, self.layer)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if 'rope' in pe:
-            cos, sin = pe['rope']
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if 'tape' in pe:  # the state rides along as extra value channels: A z from the same softmax
-            z = pe['tape'].expand(B, -1, -1, -1)
-            q, k = tape_rotate(q, z), tape_rotate(k, z)
-            v = torch.cat((v, z.to(v.dtype)), dim=-1)
+        q, k, v = pe.rotate(q, k, v, st, self.layer)
         past = 0
         if cache is not None:
             past = cache.pos
             k, v = cache.update(self.layer, k, v)
-        dropout_p = self.dropout if self.training else 0.0
-        if 'alibi' in pe:
-            slopes, scale = pe['alibi']
-            if x.is_cuda and T > 1 and dropout_p == 0.0:  # no T x T tensor (flex has no dropout)
-                y = alibi_flex(q, k, v, slopes, scale, past)
-            else:
-                bias = alibi_bias(slopes, scale, torch.arange(past, past + T, device=x.device),
-                                  torch.arange(k.size(2), device=x.device))
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p)
-        elif past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        elif T == 1:  # one new token sees every cached key
-            y = F.scaled_dot_product_attention(q, k, v)
-        else:  # a chunk after a cache: causal mask aligned to the bottom right
-            mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        az = None
-        if 'tape' in pe:
-            y, az = y.split(C // self.n_head, dim=-1)
+        y = attention(q, k, v, pe, past, self.dropout if self.training else 0.0)
+        y = pe.after_attention(y, st, self.layer)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y)), az
+        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -322,16 +536,12 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
-        # the state after the last block is discarded, so its update would never train: none there
-        self.tape = TAPE(config) if config.pe == 'tape' and layer < config.n_layer - 1 else None
+        self.layer = layer
 
-    def forward(self, x, pe, cache=None):
-        a, az = self.attn(self.ln_1(x), pe, cache)
-        x = x + a  # the residual stream itself never holds ExPE values
+    def forward(self, x, pe, st, cache=None):
+        x = x + self.attn(self.ln_1(x), pe, st, cache)  # the residual stream itself never holds ExPE values
         f = self.mlp(self.ln_2(x))
-        if self.tape is not None:  # TAPE's state for the next block, passed on through pe
-            z = pe['tape'] + self.tape.attn_update(az)
-            pe['tape'] = z + self.tape.mlp_update(f, z)
+        pe.after_block(f, st, self.layer)
         return x + f
 
 
@@ -344,26 +554,17 @@ def check_config(config):
         raise ValueError(f"unknown arch '{c.arch}': choose one of {', '.join(ARCHS)}")
     if c.n_embd % c.n_head:
         raise ValueError(f"n_embd={c.n_embd} is not divisible by n_head={c.n_head}")
-    if c.pe in ('rope', 'tape') and (c.n_embd // c.n_head) % 2:
-        raise ValueError(f"pe={c.pe} needs an even head size, got {c.n_embd // c.n_head}")
-    if c.pe in ('learned', 'nope') and c.pos_scale != 1.0:
+    pe = PES[c.pe]
+    if not pe.scalable and c.pos_scale != 1.0:
         raise ValueError(f"pos_scale={c.pos_scale} has no meaning for pe={c.pe} "
                          "(it has no position values to scale): leave it at 1.0")
-    if c.pe in ('expe', 'exqpe') and not 1 <= (c.expe_dims or c.n_embd // 4) <= c.n_embd:
-        raise ValueError(f"expe_dims={c.expe_dims} must be between 1 and n_embd={c.n_embd}")
-    if c.expe_learned not in ('', 'random', 'init'):
-        raise ValueError(f"expe_learned='{c.expe_learned}': use '' (fixed), 'random' or 'init'")
     # a knob that the chosen pe would silently ignore is an error, not a no-op ablation
     defaults = GPTConfig()
-    for knobs, pes in ((('expe_theta', 'expe_stable', 'expe_learned'), ('expe',)),
-                       (('exqpe_step', 'exqpe_period'), ('exqpe',)),
-                       (('expe_dims', 'expe_start', 'expe_once', 'expe_v'), ('expe', 'exqpe')),
-                       (('rope_base',), ('rope', 'tape')),
-                       (('tape_inner', 'tape_rowsum'), ('tape',))):
-        for k in knobs:
-            if c.pe not in pes and getattr(c, k) != getattr(defaults, k):
-                raise ValueError(f"{k}={getattr(c, k)!r} only applies to pe={'/'.join(pes)}, not pe={c.pe}: "
-                                 "leave it at its default")
+    for k in sorted({k for p in PES.values() for k in p.knobs} - set(pe.knobs)):
+        if getattr(c, k) != getattr(defaults, k):
+            owners = '/'.join(name for name, p in PES.items() if k in p.knobs)
+            raise ValueError(f"{k}={getattr(c, k)!r} only applies to pe={owners}, not pe={c.pe}: "
+                             "leave it at its default")
 
 
 class GPT(nn.Module):
@@ -378,21 +579,11 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=make_norm(config),
         ))
-        if config.pe == 'learned':
-            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.pe = PES[config.pe](config)  # the positional encoding, with its parameters
+        self.pe.check()
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight
-        if config.pe in ('expe', 'exqpe'):
-            self.expe_dims = config.expe_dims or config.n_embd // 4
-            self.expe_theta = config.expe_theta or 1.0 / (2 * config.block_size)
-            self.exqpe_step = config.exqpe_step or 2.0 ** round(math.log2(self.expe_dims / (2 * config.block_size)))
-            if config.expe_learned:  # two trainable scalars shared by all blocks
-                init = torch.randn(2) * 0.02 if config.expe_learned == 'random' else \
-                    torch.tensor([config.expe_start, self.expe_theta])
-                self.expe_params = nn.Parameter(init)
-        if config.pe == 'alibi':
-            self.register_buffer('alibi_slopes', alibi_slopes(config.n_head), persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2L)
             if name.endswith('c_proj.weight'):
@@ -407,10 +598,10 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def get_num_params(self, non_embedding=True):
-        """Parameter count; non_embedding drops the position table (and the token table if untied)."""
+        """Parameter count; non_embedding drops position tables (and the token table if untied)."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding and self.config.pe == 'learned':
-            n -= self.transformer.wpe.weight.numel()
+        if non_embedding:
+            n -= sum(m.weight.numel() for m in self.pe.modules() if isinstance(m, nn.Embedding))
         if non_embedding and not self.config.tie_embeddings:  # a tied table also serves as the LM head
             n -= self.transformer.wte.weight.numel()
         return n
@@ -418,48 +609,28 @@ class GPT(nn.Module):
     @property
     def max_len(self):
         """The longest input (in positions, KV cache included) this model accepts; None = no limit."""
-        return self.config.block_size if self.config.pe == 'learned' else None
+        return self.pe.max_len()
 
     @property
     def scalable(self):
         """Whether pos_scale means anything for this pe (it has position values to scale)."""
-        return self.config.pe not in ('learned', 'nope')
+        return self.pe.scalable
 
-    def pe_inputs(self, pos):
-        """What the blocks need to apply this model's PE at absolute positions `pos` (T,)."""
-        c, s = self.config, self.config.pos_scale
-        if c.pe == 'expe':
-            start, theta = self.expe_params if c.expe_learned else (c.expe_start, self.expe_theta)
-            return {'expe': s * expe_values(pos, self.expe_dims, start, theta, c.expe_stable)}
-        if c.pe == 'exqpe':
-            period = c.exqpe_period or self.expe_dims
-            return {'expe': s * exqpe_values(pos, self.expe_dims, c.expe_start, self.exqpe_step, period)}
-        if c.pe == 'rope':
-            return {'rope': rope_cos_sin(pos * s, c.n_embd // c.n_head, c.rope_base)}
-        if c.pe == 'alibi':
-            return {'alibi': (self.alibi_slopes, s)}
-        if c.pe == 'tape':
-            return {'tape': tape_init(pos * s, c.n_head, c.n_embd // c.n_head, c.rope_base)}
-        return {}
-
-    def forward(self, idx, targets=None, cache=None):
-        """Logits for every position (and the mean loss if targets are given).
-        With a KVCache, idx holds only the new tokens; positions continue from cache.pos."""
+    def forward(self, idx, targets=None, cache=None, pos=None):
+        """Logits for every position (and the mean loss if targets are given). With a KVCache, idx
+        holds only the new tokens; positions continue from cache.pos. `pos`: the positions of a
+        training batch where the pe draws its own (pe.train_positions); default 0..T-1."""
         B, T = idx.size()
         past = cache.pos if cache is not None else 0
         if self.max_len is not None and past + T > self.max_len:
             raise ValueError(f"pe={self.config.pe} accepts at most {self.max_len} positions "
                              f"(asked for {past + T}): use a shorter input or another pe")
-        pos = torch.arange(past, past + T, device=idx.device)
-        x = self.transformer.wte(idx)
-        if self.config.pe == 'learned':
-            x = x + self.transformer.wpe(pos)
-        elif self.config.pe == 'sinusoidal':
-            x = x + (sinusoidal_table(pos * self.config.pos_scale, self.config.n_embd) / math.sqrt(self.config.n_embd)).to(x.dtype)
-        x = self.transformer.drop(x)
-        pe = self.pe_inputs(pos)
+        if pos is None:
+            pos = torch.arange(past, past + T, device=idx.device)
+        x = self.transformer.drop(self.pe.embed(self.transformer.wte(idx), pos))
+        st = self.pe.setup(pos)
         for block in self.transformer.h:
-            x = block(x, pe, cache)
+            x = block(x, self.pe, st, cache)
         if cache is not None:
             cache.pos += T
         logits = self.lm_head(self.transformer.ln_f(x))
@@ -483,8 +654,8 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Sample max_new_tokens tokens after idx (B, T), with a KV cache. For pe=learned, once
-        the sequence outgrows block_size the context is cropped to the last block_size tokens."""
+        """Sample max_new_tokens tokens after idx (B, T), with a KV cache. For a pe with a longest
+        input (learned: block_size), the context is cropped to its last max_len tokens."""
         crop = self.max_len  # a pe with a longest input sees only the last max_len tokens
         cache = KVCache(self.config.n_layer)
         logits, _ = self(idx[:, -crop:] if crop else idx, cache=cache)
@@ -539,6 +710,8 @@ def load_checkpoint(path, device='cpu'):
                          "it comes from another version of the code")
     model = GPT(GPTConfig(**args))
     state = {k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()}
+    for old, new in PES[model.config.pe].renamed:  # checkpoints from before the pe moved into model.pe
+        state = {re.sub(old, new, k): v for k, v in state.items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as e:  # missing, unexpected or mis-shaped weights

@@ -19,7 +19,7 @@ from model import ARCHS, PES, GPT, GPTConfig, KVCache  # noqa: E402
 V, T0, L, H, C = 64, 16, 2, 4, 32   # vocab, block_size, n_layer, n_head, n_embd
 LDIM = C // 4                        # default expe_dims
 THETA = 1.0 / (2 * T0)               # default expe_theta = 1/32: every S + θ(n+i) below is exact in fp32
-ORIG_OVERRIDE = M.expe_override
+ORIG_PROJECT = M.expe_project
 
 
 def make(pe='expe', arch='gpt2', seed=0, jitter=True, sharpen=1.0, **kw):
@@ -32,7 +32,7 @@ def make(pe='expe', arch='gpt2', seed=0, jitter=True, sharpen=1.0, **kw):
     if jitter:
         with torch.no_grad():
             for name, p in m.named_parameters():
-                if p.dim() == 1 and name != 'expe_params':
+                if p.dim() == 1 and name != 'pe.params':
                     p.add_(0.1 * torch.randn_like(p))
                 elif p.dim() >= 2:
                     p.mul_(sharpen)
@@ -44,21 +44,30 @@ def tokens(B, T, seed=1):
     return torch.randint(V, (B, T), generator=g)
 
 
+def phi(x, values):
+    """Reference φ(x, n) of Eq. 3: x (B, T, C) with its first l channels replaced by values (T, l)."""
+    l = values.size(-1)
+    return torch.cat((values.to(x.dtype).expand(x.size(0), -1, -1), x[..., l:]), dim=-1)
+
+
 class Spy:
-    """Stands in for model.expe_override: records (x, values, output) of every call."""
+    """Stands in for model.expe_project: records (x, values, output, reference) of every call, where
+    the reference is the projection of the materialized φ(x, n), computed here by hand."""
     def __init__(self):
         self.calls = []
 
-    def __call__(self, x, values):
-        out = ORIG_OVERRIDE(x, values)
-        self.calls.append((x.detach().clone(), values.detach().clone(), out.detach().clone()))
+    def __call__(self, c_attn, x, values, n_out):
+        out = ORIG_PROJECT(c_attn, x, values, n_out)
+        n = n_out * x.size(-1)
+        ref = F.linear(phi(x, values), c_attn.weight[:n], None if c_attn.bias is None else c_attn.bias[:n])
+        self.calls.append((x.detach().clone(), values.detach().clone(), out.detach().clone(), ref.detach()))
         return out
 
 
 @pytest.fixture
 def spy(monkeypatch):
     s = Spy()
-    monkeypatch.setattr(M, 'expe_override', s)
+    monkeypatch.setattr(M, 'expe_project', s)
     return s
 
 
@@ -186,20 +195,23 @@ def expe_expected(T, l=LDIM, S=0.0, theta=THETA, stable=False, scale=1.0):
 @pytest.mark.parametrize('arch', ARCHS)
 def test_expe_default_values_every_block(arch, spy):
     m = make('expe', arch)
-    assert m.expe_dims == C // 4 and m.expe_theta == 1 / (2 * T0)
+    assert m.pe.l == C // 4 and m.pe.theta == 1 / (2 * T0)
     ln1, handles = ln1_outputs(m)
     idx = tokens(2, T0)
     with torch.no_grad():
         m(idx)
     assert len(spy.calls) == L                      # once in every block
     exp = expe_expected(T0)
-    for layer, (x, _, out) in enumerate(spy.calls):
+    for layer, (x, vals, out, ref) in enumerate(spy.calls):
         assert torch.equal(x, ln1[layer])           # it overrides the normalized attention input
-        assert out.shape == x.shape
-        # dims i < l hold exactly S + θ(n+i) for n = 0..T-1, for every batch row
-        assert torch.equal(out[..., :LDIM].double(), exp.expand(2, -1, -1))
-        # the remaining dims are the normalized input, untouched
-        assert torch.equal(out[..., LDIM:], x[..., LDIM:])
+        assert out.shape == (2, T0, 2 * C)          # q and k (not v)
+        # dims i < l hold exactly S + θ(n+i) for n = 0..T-1
+        assert torch.equal(vals.double(), exp)
+        # q, k are the projection of φ(x, n): the override, the remaining dims untouched
+        assert (out - ref).abs().max().item() < 1e-5
+        attn = m.transformer.h[layer].attn.c_attn
+        plain = F.linear(x, attn.weight[:2 * C], None if attn.bias is None else attn.bias[:2 * C])
+        assert (out - plain).abs().max().item() > 1e-3   # and the override changes them
     for h in handles:
         h.remove()
 
@@ -222,12 +234,12 @@ def test_expe_knobs(kw, exp, spy):
     l = exp.get('l', LDIM)
     want = expe_expected(T, **exp)
     assert len(spy.calls) == L
-    for x, vals, out in spy.calls:
+    for x, vals, out, ref in spy.calls:
         assert vals.shape == (T, l)
-        assert torch.allclose(out[0, :, :l].double(), want, rtol=0, atol=1e-6)
-        assert torch.equal(out[..., l:], x[..., l:])
+        assert torch.allclose(vals.double(), want, rtol=0, atol=1e-6)
+        assert (out - ref).abs().max().item() < 1e-5
     if exp.get('theta', THETA) * 2 ** 10 % 1 == 0:   # dyadic θ and S: fp32 is exact
-        assert torch.equal(spy.calls[0][2][0, :, :l].double(), want)
+        assert torch.equal(spy.calls[0][1].double(), want)
 
 
 def test_expe_default_differs_from_stable(spy):
@@ -240,9 +252,8 @@ def test_expe_once_only_block_zero(spy):
     ln1, handles = ln1_outputs(m)
     with torch.no_grad():
         m(tokens(2, T0))
-    assert len(spy.calls) == 1
+    assert len(spy.calls) == 1                      # block 0 only
     assert torch.equal(spy.calls[0][0], ln1[0])
-    assert [b.attn.expe_here for b in m.transformer.h] == [True] + [False] * (L - 1)
     for h in handles:
         h.remove()
 
@@ -269,7 +280,8 @@ def test_expe_v_input(expe_v, arch, spy):
     m.transformer.h[0].attn.c_proj.register_forward_pre_hook(lambda mod, inp: y.__setitem__('y', inp[0].detach().clone()))
     with torch.no_grad():
         m(tokens(2, T0))
-        x, _, xp = spy.calls[0]
+        x, vals, _, _ = spy.calls[0]
+        xp = phi(x, vals)
         attn = m.transformer.h[0].attn
         plain_v = manual_attention(attn, xp, x)    # the default: V sees the plain normalized input
         over_v = manual_attention(attn, xp, xp)    # expe_v: V sees the overridden input too
@@ -282,7 +294,7 @@ def test_expe_v_input(expe_v, arch, spy):
 @pytest.mark.parametrize('arch', ARCHS)
 def test_expe_learned_init(arch, spy):
     m = make('expe', arch, expe_learned='init', expe_start=0.25)
-    p = m.expe_params
+    p = m.pe.params
     assert isinstance(p, torch.nn.Parameter) and p.requires_grad
     assert torch.equal(p.detach(), torch.tensor([0.25, THETA]))
     assert any(q is p for q in m.parameters())
@@ -297,13 +309,13 @@ def test_expe_learned_init(arch, spy):
         p.copy_(torch.tensor([0.5, 0.25]))
         m(tokens(1, T0))
     assert len(spy.calls) == L
-    assert torch.equal(spy.calls[0][2][0, :, :LDIM].double(), expe_expected(T0, S=0.5, theta=0.25))
+    assert torch.equal(spy.calls[0][1].double(), expe_expected(T0, S=0.5, theta=0.25))
 
 
 def test_expe_learned_random_differs_from_fixed():
     m = make('expe', expe_learned='random')
-    assert isinstance(m.expe_params, torch.nn.Parameter) and m.expe_params.shape == (2,)
-    assert not torch.allclose(m.expe_params.detach(), torch.tensor([0.0, THETA]))
+    assert isinstance(m.pe.params, torch.nn.Parameter) and m.pe.params.shape == (2,)
+    assert not torch.allclose(m.pe.params.detach(), torch.tensor([0.0, THETA]))
 
 
 @pytest.mark.parametrize('pe,knob,value', [('exqpe', 'expe_learned', 'init'), ('exqpe', 'expe_stable', True),
@@ -337,7 +349,7 @@ def test_residual_stream_is_only_the_embedding_when_blocks_write_nothing(pe, arc
         want = m.transformer.wte(idx)
         pos = torch.arange(T0)
         if pe == 'learned':
-            want = want + m.transformer.wpe(pos)
+            want = want + m.pe.wpe(pos)
         elif pe == 'sinusoidal':
             want = want + M.sinusoidal_table(pos, C) / math.sqrt(C)
     assert torch.equal(got['x'], want)
@@ -349,7 +361,7 @@ def test_block_output_is_input_plus_attn_plus_mlp(pe):
     rec = {}
     b0, b1 = m.transformer.h[0], m.transformer.h[1]
     b0.register_forward_pre_hook(lambda mod, inp: rec.__setitem__('in0', inp[0].detach().clone()))
-    b0.attn.register_forward_hook(lambda mod, i, o: rec.__setitem__('attn', o[0].detach().clone()))  # (out, A z)
+    b0.attn.register_forward_hook(lambda mod, i, o: rec.__setitem__('attn', o.detach().clone()))
     b0.mlp.register_forward_hook(lambda mod, i, o: rec.__setitem__('mlp', o.detach().clone()))
     b1.register_forward_pre_hook(lambda mod, inp: rec.__setitem__('in1', inp[0].detach().clone()))
     idx = tokens(2, T0)
@@ -358,7 +370,7 @@ def test_block_output_is_input_plus_attn_plus_mlp(pe):
         emb = m.transformer.wte(idx)
     assert torch.equal(rec['in0'], emb)                                   # no positions added at the input
     assert torch.equal(rec['in1'], rec['in0'] + rec['attn'] + rec['mlp'])  # block 0 writes only attn + mlp
-    pos_vals = m.pe_inputs(torch.arange(T0))['expe']
+    pos_vals = m.pe.setup(torch.arange(T0))['expe']
     assert not torch.allclose(rec['in1'][0, :, :LDIM], pos_vals, atol=1e-3)
 
 
@@ -372,7 +384,7 @@ def is_power_of_two(v):
 @pytest.mark.parametrize('n_embd, block_size', [(32, 16), (48, 16), (64, 24), (384, 512), (768, 1024)])
 def test_exqpe_default_step_is_nearest_power_of_two(n_embd, block_size):
     m = GPT(GPTConfig(block_size=block_size, vocab_size=V, n_layer=1, n_head=4, n_embd=n_embd, pe='exqpe'))
-    d, l = m.exqpe_step, n_embd // 4
+    d, l = m.pe.step, n_embd // 4
     assert is_power_of_two(d)
     assert abs(math.log2(d) - math.log2(l / (2 * block_size))) <= 0.5
 
@@ -380,7 +392,7 @@ def test_exqpe_default_step_is_nearest_power_of_two(n_embd, block_size):
 @pytest.mark.parametrize('n_embd, block_size', [(32, 16), (384, 512)])
 def test_exqpe_values_exact_in_bf16_up_to_16x(n_embd, block_size):
     m = GPT(GPTConfig(block_size=block_size, vocab_size=V, n_layer=1, n_head=4, n_embd=n_embd, pe='exqpe'))
-    vals = m.pe_inputs(torch.arange(16 * block_size))['expe']
+    vals = m.pe.setup(torch.arange(16 * block_size))['expe']
     assert torch.equal(vals.bfloat16().float(), vals)
 
 
@@ -395,24 +407,23 @@ def test_exqpe_values(kw, spy):
     S, s = kw.get('expe_start', 0.0), kw.get('pos_scale', 1.0)
     l = kw.get('expe_dims', LDIM)
     period = kw.get('exqpe_period', l)
-    d = m.exqpe_step
+    d = m.pe.step
     assert d == kw.get('exqpe_step', 0.25)
     n = torch.arange(T, dtype=torch.float64)[:, None]
     i = torch.arange(l, dtype=torch.float64)[None, :]
     want = s * (S + d * torch.floor((n + i) / period))
-    for x, _, out in spy.calls:
-        vals = out[0, :, :l]
+    for x, vals, out, ref in spy.calls:
         assert torch.equal(vals.double(), want)
-        assert torch.equal(out[..., l:], x[..., l:])
+        assert (out - ref).abs().max().item() < 1e-5
         assert torch.equal(vals.bfloat16().float(), vals)
 
 
 @pytest.mark.parametrize('S', [0.0, 0.25])
 def test_exqpe_one_dim_steps_and_sum(S):
     m = make('exqpe', expe_start=S)
-    l, d = m.expe_dims, m.exqpe_step
+    l, d = m.pe.l, m.pe.step
     T = 16 * T0
-    vals = m.pe_inputs(torch.arange(T))['expe'].double()
+    vals = m.pe.setup(torch.arange(T))['expe'].double()
     diff = vals[1:] - vals[:-1]                       # n -> n+1
     assert torch.equal((diff != 0).sum(-1), torch.ones(T - 1, dtype=torch.long))
     assert torch.equal(diff.sum(-1), torch.full((T - 1,), d, dtype=torch.float64))
@@ -450,10 +461,10 @@ def test_rope_matches_complex_rotation(D, base):
 
 def test_rope_pos_scale_half_at_2n_equals_n():
     half, one = make('rope', pos_scale=0.5), make('rope')
-    c05, s05 = half.pe_inputs(torch.arange(0, 4 * T0, 2))['rope']
-    c1, s1 = one.pe_inputs(torch.arange(2 * T0))['rope']
+    c05, s05 = half.pe.setup(torch.arange(0, 4 * T0, 2))['rope']
+    c1, s1 = one.pe.setup(torch.arange(2 * T0))['rope']
     assert torch.equal(c05, c1) and torch.equal(s05, s1)
-    c05b, _ = half.pe_inputs(torch.arange(2 * T0))['rope']
+    c05b, _ = half.pe.setup(torch.arange(2 * T0))['rope']
     assert not torch.equal(c05b, c1)
 
 
@@ -513,11 +524,12 @@ def test_alibi_slopes_not_power_of_two():
 
 @pytest.mark.parametrize('scale, offset', [(1.0, 0), (0.5, 5)])
 def test_alibi_bias_values(scale, offset):
-    slopes = M.alibi_slopes(4)
+    m = make('alibi', pos_scale=scale)
+    slopes = M.alibi_slopes(H)
     Tq, Tk = 6, 6 + offset
-    bias = M.alibi_bias(slopes, scale, torch.arange(offset, offset + Tq), torch.arange(Tk))
-    assert bias.shape == (4, Tq, Tk)
-    for h in range(4):
+    bias = M.dense_bias(m.pe, H, offset, Tq, Tk, 'cpu')
+    assert bias.shape == (H, Tq, Tk)
+    for h in range(H):
         for qi in range(Tq):
             qp = qi + offset
             for kp in range(Tk):
@@ -528,17 +540,22 @@ def test_alibi_bias_values(scale, offset):
                     assert v == float('-inf')
 
 
+BIAS_PES = [pe for pe, cls in PES.items() if cls.has_bias]
+
+
 @pytest.mark.filterwarnings('ignore:flex_attention called without')
+@pytest.mark.parametrize('pe', BIAS_PES)
 @pytest.mark.parametrize('Tq, Tk, offset, scale', [(12, 12, 0, 1.0), (4, 12, 8, 1.0), (1, 12, 11, 0.5), (5, 5, 0, 0.5)])
-def test_alibi_flex_matches_dense(Tq, Tk, offset, scale, monkeypatch):
+def test_flex_bias_matches_dense(pe, Tq, Tk, offset, scale, monkeypatch):
+    """The CUDA path (FlexAttention, bias per score) equals the dense-bias path, for every bias pe."""
     from torch.nn.attention.flex_attention import flex_attention
     monkeypatch.setattr(M, '_flex_attention', flex_attention)   # eager, so it runs on CPU
+    m = make(pe, pos_scale=scale if PES[pe].scalable else 1.0)
     torch.manual_seed(0)
-    slopes = M.alibi_slopes(H)
     q, k, v = torch.randn(2, H, Tq, 8), torch.randn(2, H, Tk, 8), torch.randn(2, H, Tk, 8)
-    got = M.alibi_flex(q, k, v, slopes, scale, offset)
-    bias = M.alibi_bias(slopes, scale, torch.arange(offset, offset + Tq), torch.arange(Tk))
-    want = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    with torch.no_grad():
+        got = M.bias_flex(q, k, v, m.pe, offset)
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=M.dense_bias(m.pe, H, offset, Tq, Tk, 'cpu'))
     assert (got - want).abs().max().item() < 1e-5
 
 
@@ -558,8 +575,8 @@ def test_pos_scale_accepted_elsewhere(pe):
 
 def test_unknown_pe_and_arch():
     with pytest.raises(ValueError) as e:
-        GPT(GPTConfig(block_size=T0, vocab_size=V, n_layer=1, n_head=H, n_embd=C, pe='xpos'))
-    assert 'xpos' in str(e.value) and all(p in str(e.value) for p in PES)
+        GPT(GPTConfig(block_size=T0, vocab_size=V, n_layer=1, n_head=H, n_embd=C, pe='bogus'))
+    assert 'bogus' in str(e.value) and all(p in str(e.value) for p in PES)
     with pytest.raises(ValueError) as e:
         GPT(GPTConfig(block_size=T0, vocab_size=V, n_layer=1, n_head=H, n_embd=C, arch='mistral'))
     assert 'mistral' in str(e.value) and all(a in str(e.value) for a in ARCHS)
@@ -615,7 +632,7 @@ def test_num_params_and_flops():
         m = make(**kw)
         total = sum(p.numel() for p in m.parameters())       # tied embedding counted once
         N = m.get_num_params()
-        wpe = m.transformer.wpe.weight.numel() if kw['pe'] == 'learned' else 0
+        wpe = m.pe.wpe.weight.numel() if kw['pe'] == 'learned' else 0
         assert N == total - wpe
         assert m.get_num_params(non_embedding=False) == total
         for T in (1, T0, 1024):

@@ -53,13 +53,14 @@ def gpt2_pair(seed=0):
     hs = hf.state_dict()
     conv1d = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
     new = {}
+    hf_name = {'lm_head.weight': 'transformer.wte.weight', 'pe.wpe.weight': 'transformer.wpe.weight'}
     for k in ours.state_dict():
-        src = hs[k] if k != 'lm_head.weight' else hs['transformer.wte.weight']
+        src = hs[hf_name.get(k, k)]
         new[k] = src.t() if k.endswith(conv1d) else src   # HF Conv1D stores (in, out)
     missing, unexpected = ours.load_state_dict(new, strict=True)
     assert not missing and not unexpected
     # every HF parameter was used
-    assert {k for k, _ in hf.named_parameters()} <= set(new) | {'lm_head.weight'}
+    assert {k for k, _ in hf.named_parameters()} <= {hf_name.get(k, k) for k in new}
     return hf, ours
 
 

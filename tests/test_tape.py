@@ -19,9 +19,9 @@ def tape_model(arch='gpt2', seed=0, **kw):
     with torch.no_grad():
         for blk in m.transformer.h:
             blk.attn.c_attn.weight.mul_(10)  # sharp attention, so positions visibly matter
-            if blk.tape is not None:
-                for p in (blk.tape.post, blk.tape.up, blk.tape.down, blk.tape.gate.weight):
-                    p.normal_(0.0, 0.3)
+        for u in m.pe.updates:
+            for p in (u.post, u.up, u.down, u.gate.weight):
+                p.normal_(0.0, 0.3)
     return m
 
 
@@ -35,7 +35,7 @@ def test_at_init_tape_is_rope(arch):
     rope = GPT(cfg('rope', arch=arch)).eval()
     tape = GPT(cfg('tape', arch=arch)).eval()
     missing, unexpected = tape.load_state_dict(rope.state_dict(), strict=False)
-    assert not unexpected and all('.tape.' in k for k in missing)
+    assert not unexpected and missing and all(k.startswith('pe.updates.') for k in missing)
     x = tokens(2, T0)
     # the pieces are bit-exact: the initial state rotates q/k exactly as RoPE does, and both updates are 0
     pos = torch.arange(3 * T0)
@@ -43,7 +43,7 @@ def test_at_init_tape_is_rope(arch):
     cos, sin = M.rope_cos_sin(pos, C // H, 10000.0)
     z = M.tape_init(pos, H, C // H, 10000.0)
     assert torch.equal(M.tape_rotate(q, z), M.apply_rope(q, cos, sin))
-    blk = tape.transformer.h[0].tape
+    blk = tape.pe.updates[0]
     zb = z.expand(2, -1, -1, -1)
     assert torch.equal(blk.attn_update(torch.randn_like(zb)), torch.zeros_like(zb))
     assert torch.equal(blk.mlp_update(torch.randn(2, 3 * T0, C), zb), torch.zeros_like(zb))
@@ -125,7 +125,7 @@ def test_parameter_overhead():
 def test_rowsum_knob_is_per_head_scalars():
     """tape_rowsum: the H x H map acts as diag(row sums), the authors' code; off: a full head mixing."""
     torch.manual_seed(0)
-    full, rows = M.TAPE(cfg()), M.TAPE(cfg(tape_rowsum=True))
+    full, rows = M.TAPEUpdate(cfg()), M.TAPEUpdate(cfg(tape_rowsum=True))
     with torch.no_grad():
         full.post.normal_()
     rows.load_state_dict(full.state_dict())
@@ -151,18 +151,18 @@ def test_pos_scale_interpolates_the_initial_state():
 def test_state_is_fp32_under_bf16_autocast():
     m = tape_model()
     seen = []
-    orig = M.TAPE.mlp_update
+    orig = M.TAPEUpdate.mlp_update
 
     def spy(self, f, z):
         out = orig(self, f, z)
         seen.append((z.dtype, out.dtype))
         return out
-    M.TAPE.mlp_update = spy
+    M.TAPEUpdate.mlp_update = spy
     try:
         with torch.autocast('cpu', dtype=torch.bfloat16):
             m(tokens(1, T0))
     finally:
-        M.TAPE.mlp_update = orig
+        M.TAPEUpdate.mlp_update = orig
     assert seen and all(d == (torch.float32, torch.float32) for d in seen)
 
 
@@ -179,9 +179,8 @@ def test_training_lowers_loss_and_moves_the_update_weights():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 1.0
-    tapes = [b.tape for b in m.transformer.h[:-1]]
-    assert all(t.post.abs().max() > 0 and t.up.abs().max() > 0 for t in tapes)
-    assert m.transformer.h[-1].tape is None
+    assert len(m.pe.updates) == L - 1  # none after the last block
+    assert all(t.post.abs().max() > 0 and t.up.abs().max() > 0 for t in m.pe.updates)
 
 
 def test_knobs_refused_on_other_pes():
