@@ -712,3 +712,21 @@ def test_load_checkpoint_not_a_checkpoint(tmp_path):
     torch.save({'weights': 1}, tmp_path / 'ckpt.pt')
     with pytest.raises(ValueError, match='not a checkpoint'):
         M.load_checkpoint(str(tmp_path / 'ckpt.pt'))
+
+
+@pytest.mark.parametrize('kw, old_names', [
+    (dict(pe='learned'), {'pe.wpe.weight': 'transformer.wpe.weight'}),
+    (dict(pe='expe', expe_learned='init'), {'pe.params': 'expe_params'}),
+    (dict(pe='tape'), {f'pe.updates.0.{p}': f'transformer.h.0.tape.{p}' for p in ('post', 'up', 'down', 'gate.weight')}),
+])
+def test_load_checkpoint_from_before_pe_classes(kw, old_names, tmp_path):
+    """Checkpoints written before each pe became one class (its parameters under model.pe) still load."""
+    m = make(**kw)
+    state = m.state_dict()
+    for new, old in old_names.items():
+        state[old] = state.pop(new)
+    torch.save({'model': state, 'model_args': asdict(m.config)}, tmp_path / 'ckpt.pt')
+    m2, _ = M.load_checkpoint(str(tmp_path / 'ckpt.pt'))
+    idx = tokens(1, T0)
+    with torch.no_grad():
+        assert torch.equal(m(idx)[0], m2.eval()(idx)[0])
