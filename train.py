@@ -7,6 +7,8 @@ Single node, 8 GPUs (DDP):
 $ torchrun --standalone --nproc_per_node=8 train.py config/expe_medium.py
 Resume an interrupted run (same config and overrides, plus):
 $ python train.py config/demo_cpu.py --pe=rope --init_from=resume
+Every setting, its default and what it does:
+$ python train.py --help
 """
 import fcntl
 import json
