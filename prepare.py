@@ -186,6 +186,7 @@ def local_files(path):
 
 def streamed_documents(dataset, subset, files):
     import datasets
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a bad file raises; our one line says it, not its log
     if dataset in HF_DATASETS:
         sources = [(HF_DATASETS[dataset], dict(name=subset))]
     else:

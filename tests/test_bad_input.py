@@ -217,7 +217,7 @@ def unreadable(c):
 def jsonl(rows):
     def setup(c):
         (c['tmp'] / 'ds').mkdir()
-        (c['tmp'] / 'ds' / 'docs.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+        (c['tmp'] / 'ds' / 'docs.jsonl').write_text(''.join((r if isinstance(r, str) else json.dumps(r)) + '\n' for r in rows))
     return setup
 
 
@@ -399,6 +399,8 @@ CASES = [
     ('prepare folder link out of the dataset', PREP, ['elsewhere', 'outside the dataset folder'], link_out('folder')),
     ('prepare text not a string', PREP, ["'text' that is int", 'not a string'], jsonl([{'text': 'hi'}, {'text': 5}])),
     ('prepare text null', PREP, ["'text' that is NoneType"], jsonl([{'text': None}])),
+    ('prepare jsonl not JSON', PREP, ['JSON parse error'], jsonl([{'text': 'ok'}, '{not json'])),
+    ('prepare jsonl without text', PREP, ["need a 'text' field", "'txt'"], jsonl([{'txt': 'ok'}])),
     ('prepare dataset missing', [*PREP[:2], '{tmp}/nope'], ['not found']),
     ('prepare tokenizer unknown', [*PREP[:4], 'bogus', *PREP[5:]], ["unknown tokenizer 'bogus'"], jsonl([{'text': 'x'}])),
     ('prepare shard-tokens=0', [*PREP, '--shard-tokens', '0'], ['--shard-tokens'], jsonl([{'text': 'x'}])),
