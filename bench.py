@@ -1,4 +1,4 @@
-"""
+r"""
 Time model.py's real training step (forward, backward, AdamW) for several PEs, or its forward
 pass at 1x..16x the training length, on random tokens. One table; ratios are against RoPE.
 
@@ -8,13 +8,14 @@ $ python bench.py --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --voca
       --batch_size=16 --compile=True                           # GPT-2 124M shape on a GPU
 $ python bench.py --mode=eval --evs=1,2,4,8,16                 # cost of long inputs
 """
+import signal
 import statistics
 import time
 from contextlib import nullcontext
 
 import torch
 
-from model import GPT, GPTConfig, PES, peak_flops
+from model import ARCHS, GPT, GPTConfig, PES, check_config, peak_flops
 
 # -----------------------------------------------------------------------------
 pes = ','.join(PES)       # comma-separated; any of model.PES (default: all)
@@ -38,19 +39,46 @@ seed = 1337
 from configurator import configure  # noqa: E402
 configure(globals())
 
+
+def die(msg):
+    raise SystemExit(f"error: {msg}")
+
+
+signal.signal(signal.SIGINT, lambda *_: die("interrupted (Ctrl-C)"))  # one line, not a traceback
+
 device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+if device not in ('cpu', 'cuda') and not device.startswith('cuda:'):
+    die(f"device='{device}': use cpu, cuda or cuda:N")
+if device.startswith('cuda') and not torch.cuda.is_available():
+    die(f"device='{device}' but this machine has no CUDA: use --device=cpu")
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
 dtype = dtype or ('bfloat16' if device_type == 'cuda' else 'float32')
+if dtype not in ('float32', 'bfloat16', 'float16'):
+    die(f"dtype='{dtype}': use float32, bfloat16 or float16")
 ctx = nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type, dtype=getattr(torch, dtype))
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 peak = peak_flops(device_type)
-pe_list, arch_list, ev_list = pes.split(','), archs.split(','), [int(e) for e in evs.split(',')]
+pe_list, arch_list = pes.split(','), archs.split(',')
 if mode not in ('train', 'eval'):
-    raise SystemExit(f"error: mode='{mode}': use 'train' or 'eval'")
+    die(f"mode='{mode}': use 'train' or 'eval'")
+if not all(e.strip().isdigit() and int(e) >= 1 for e in evs.split(',')):
+    die(f"evs='{evs}': use comma-separated multiples of block_size, each >= 1 (e.g. 1,2,4)")
+ev_list = [int(e) for e in evs.split(',')]
 for pe in pe_list:
     if pe not in PES:
-        raise SystemExit(f"error: unknown pe '{pe}' in --pes: choose from {', '.join(PES)}")
+        die(f"unknown pe '{pe}' in --pes: choose from {', '.join(PES)}")
+for arch in arch_list:
+    if arch not in ARCHS:
+        die(f"unknown arch '{arch}' in --archs: choose from {', '.join(ARCHS)}")
+if repeats < 1 or warmup < 0 or batch_size < 1:
+    die(f"repeats={repeats}, warmup={warmup}, batch_size={batch_size}: repeats and batch_size must be >= 1, warmup >= 0")
+for pe in pe_list:  # every shape before any timing
+    try:
+        check_config(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                               n_embd=n_embd, bias=bias, pe=pe))
+    except ValueError as e:
+        die(e)
 
 
 def timed(fn):

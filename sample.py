@@ -6,6 +6,7 @@ $ python sample.py --start FILE:prompt.txt --temperature 0.8 --top-k 200 --scale
 Every pe but `learned` can generate past block_size; `learned` crops its context to block_size.
 """
 import argparse
+import math
 import sys
 
 import torch
@@ -27,6 +28,14 @@ def main():
     p.add_argument('--tokenizer', default='', help="default: the one in the checkpoint's data meta.json")
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = p.parse_args()
+    if args.num_samples < 1 or args.max_new_tokens < 0:
+        sys.exit("error: --num-samples must be >= 1 and --max-new-tokens >= 0")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        sys.exit(f"error: --temperature {args.temperature}: use a finite number >= 0 (0 = always the likeliest token)")
+    if args.top_k < 0:
+        sys.exit(f"error: --top-k {args.top_k}: use a number of tokens >= 0 (0 = all)")
+    if not (math.isfinite(args.scale) and args.scale > 0):
+        sys.exit(f"error: --scale {args.scale}: pos_scale must be a finite number > 0 (1 = as trained)")
 
     try:
         model, ckpt = load_checkpoint(args.ckpt, args.device)
@@ -36,12 +45,13 @@ def main():
         encode, decode, eot = tokenizer_of(ckpt, args.tokenizer)
         start = args.start
         if start.startswith('FILE:'):
-            with open(start[5:], encoding='utf-8') as f:
-                start = f.read()
-    except (FileNotFoundError, ValueError) as e:
+            try:
+                with open(start[5:], encoding='utf-8') as f:
+                    start = f.read()
+            except OSError as e:
+                raise ValueError(f"--start FILE:{start[5:]}: {e.strerror}")
+    except (FileNotFoundError, ValueError) as e:  # a bad file is UnicodeDecodeError, a ValueError
         sys.exit(f"error: {e}")
-    if args.num_samples < 1 or args.max_new_tokens < 0:
-        sys.exit("error: --num-samples must be >= 1 and --max-new-tokens >= 0")
     model.eval()
     torch.manual_seed(args.seed)
     ids = [eot] + encode(start)  # EOT starts every document in training (prepare.py)
@@ -55,4 +65,7 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        sys.exit("error: interrupted (Ctrl-C)")

@@ -7,10 +7,15 @@ Single node, 8 GPUs (DDP):
 $ torchrun --standalone --nproc_per_node=8 train.py config/expe_medium.py
 Resume an interrupted run (same config and overrides, plus):
 $ python train.py config/demo_cpu.py --pe=rope --init_from=resume
+Every setting, its default and what it does:
+$ python train.py --help
 """
+import fcntl
 import json
 import math
 import os
+import shutil
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -22,7 +27,7 @@ from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from eval_tasks import passkey_row
-from model import GPT, GPTConfig, peak_flops
+from model import GPT, GPTConfig, check_config, peak_flops, read_checkpoint
 from prepare import get_tokenizer, load_meta, read_shard, shard_paths
 
 # -----------------------------------------------------------------------------
@@ -30,12 +35,13 @@ from prepare import get_tokenizer, load_meta, read_shard, shard_paths
 # I/O
 out_dir = 'out'
 eval_interval = 250       # also writes a checkpoint
-log_interval = 10
+log_interval = 10         # iterations per log line (and per check that the loss is finite)
 eval_iters = 50           # val batches per evaluation (the same batches every time)
 eval_only = False         # evaluate once and exit
 always_save_checkpoint = True  # else only when val loss improves
 init_from = 'scratch'     # 'scratch' or 'resume' (from out_dir/ckpt.pt)
-seed = 1337
+overwrite = False         # let init_from='scratch' replace the checkpoint and log.jsonl already in out_dir
+seed = 1337               # seeds the weights and every batch: a resume must keep it
 # data
 data_dir = 'data/shakespeare_byte'  # shards written by prepare.py
 gradient_accumulation_steps = 1     # total over all processes
@@ -43,10 +49,10 @@ batch_size = 16                     # micro-batch per process
 passkey_frac = 0.0        # chance that a training row is a synthetic passkey example (eval_tasks.py), not corpus text
 # model: every GPTConfig field (model.py) is a key here, with GPTConfig's default unless set below
 globals().update({f.name: f.default for f in fields(GPTConfig)})
-block_size = 256
-n_layer = 6
+block_size = 256          # the training length T
+n_layer = 6               # blocks
 n_head = 6
-n_embd = 384
+n_embd = 384              # width of the residual stream
 vocab_size = 0            # 0 -> the data's vocab_size (meta.json) rounded up to a multiple of 64
 # AdamW
 learning_rate = 1e-3
@@ -73,6 +79,38 @@ def die(msg):
     sys.exit(f"error: {msg}")
 
 
+# every setting is checked before anything is read or written
+for k in ('batch_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval', 'eval_iters'):
+    if globals()[k] < 1:
+        die(f"{k}={globals()[k]} must be at least 1")
+for k in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'seed'):
+    if globals()[k] < 0:
+        die(f"{k}={globals()[k]} must be >= 0")
+if not (math.isfinite(learning_rate) and learning_rate > 0):
+    die(f"learning_rate={learning_rate} must be a finite number > 0")
+for k in ('min_lr', 'weight_decay', 'grad_clip'):  # 0 = lr/10, no decay, no clipping
+    if not (math.isfinite(globals()[k]) and globals()[k] >= 0):
+        die(f"{k}={globals()[k]} must be a finite number >= 0")
+if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+    die(f"beta1={beta1}, beta2={beta2}: Adam's betas are from 0 to below 1")
+if init_from not in ('scratch', 'resume'):
+    die(f"init_from='{init_from}': use 'scratch' or 'resume'")
+if overwrite and init_from != 'scratch':
+    die("overwrite=True only applies to init_from='scratch' (a resume continues the checkpoint in out_dir)")
+if dtype not in ('', 'float32', 'bfloat16', 'float16'):
+    die(f"dtype='{dtype}': use float32, bfloat16 or float16")
+if not out_dir or (os.path.exists(out_dir) and not os.path.isdir(out_dir)):
+    die(f"out_dir='{out_dir}' is not a folder: name a folder for the checkpoint and log")
+try:
+    _dev = torch.device(device or 'cpu')
+except RuntimeError:
+    die(f"device='{device}' is not a device torch knows: use cpu, cuda, cuda:N or mps ('' picks one)")
+if _dev.type == 'cuda' and not (torch.cuda.is_available() and (_dev.index or 0) < torch.cuda.device_count()):
+    die(f"device='{device}' but this machine has {torch.cuda.device_count()} CUDA device(s): use --device=cpu, or '' to pick one")
+if _dev.type == 'mps' and not torch.backends.mps.is_available():
+    die("device='mps' is not available on this machine: use --device=cpu, or '' to pick one")
+
+
 # -----------------------------------------------------------------------------
 # processes and devices
 ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun?
@@ -94,15 +132,12 @@ master_process = ddp_rank == 0
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
 if not dtype:
     dtype = ('bfloat16' if torch.cuda.is_bf16_supported() else 'float16') if device_type == 'cuda' else 'float32'
-if dtype not in ('float32', 'bfloat16', 'float16'):
-    die(f"dtype='{dtype}': use float32, bfloat16 or float16")
 torch.manual_seed(seed + ddp_rank)
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
 ctx = nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
 if master_process:
-    os.makedirs(out_dir, exist_ok=True)
     print(f"tokens per iteration: {tokens_per_iter:,} ({ddp_world_size} process(es) x {gradient_accumulation_steps} "
           f"accumulation x {batch_size} x {block_size}); device {device}, {dtype}")
 
@@ -111,10 +146,11 @@ if master_process:
 # from an RNG seeded by (seed, rank, split, fixed, k), so the loader's whole state is the counter k,
 # and a resumed run sees exactly the batches the uninterrupted run would have seen.
 try:
-    shards = {split: [read_shard(p) for p in shard_paths(data_dir, split)] for split in ('train', 'val')}
+    shard_files = {split: shard_paths(data_dir, split) for split in ('train', 'val')}
+    shards = {split: [read_shard(p) for p in paths] for split, paths in shard_files.items()}
+    meta = load_meta(data_dir)
 except (FileNotFoundError, ValueError) as e:
     die(e)
-meta = load_meta(data_dir)
 for split, ss in shards.items():
     if any(len(s) <= block_size + 1 for s in ss):
         die(f"a {split} shard in {data_dir} is shorter than block_size+1={block_size + 1} tokens: prepare more data or lower block_size")
@@ -124,6 +160,7 @@ if not vocab_size:
     vocab_size = 64 * math.ceil(meta['vocab_size'] / 64)
 elif meta.get('vocab_size', 0) > vocab_size:
     die(f"vocab_size={vocab_size} is smaller than the data's {meta['vocab_size']} tokens: raise it or set 0")
+data_vocab = meta.get('vocab_size') or vocab_size  # token ids must stay below it (the model's may be padded)
 if not 0.0 <= passkey_frac <= 1.0:
     die(f"passkey_frac={passkey_frac} is a probability: use a value from 0 to 1")
 if passkey_frac:  # the passkey text is tokenized like the corpus
@@ -147,7 +184,11 @@ def get_batch(split, k, fixed=False):
     rows = []
     for w in which:
         i = rng.integers(0, len(ss[w]) - block_size - 1)
-        rows.append(torch.from_numpy(ss[w][i:i + block_size + 1].astype(np.int64)))
+        row = ss[w][i:i + block_size + 1].astype(np.int64)
+        if row.max() >= data_vocab:  # cheap, and certain for every token trained on
+            die(f"{shard_files[split][w]} holds token id {row.max()}, outside the vocabulary of {data_vocab} "
+                f"({'its meta.json' if meta.get('vocab_size') else 'vocab_size'}): the shard does not belong with it; re-run prepare.py")
+        rows.append(torch.from_numpy(row))
     if passkey_frac and split == 'train':  # val stays pure corpus, so val loss is comparable across runs
         for r in np.flatnonzero(rng.random(batch_size) < passkey_frac):
             rows[r] = torch.tensor(passkey_row(encode, eot, block_size + 1, rng))
@@ -161,35 +202,91 @@ def get_batch(split, k, fixed=False):
 # -----------------------------------------------------------------------------
 # model, optimizer, and resume
 model_args = {f.name: globals()[f.name] for f in fields(GPTConfig)}
-iter_num, best_val_loss, checkpoint = 0, 1e9, None
-ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+try:
+    check_config(GPTConfig(**model_args))  # e.g. an unknown pe, or a knob the pe would ignore
+except ValueError as e:
+    die(e)
+iter_num, best_val_loss, checkpoint, saved_iter = 0, 1e9, None, None  # saved_iter: the iteration in ckpt.pt
+ckpt_path, log_path = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'log.jsonl')
 if init_from == 'resume':
     if not os.path.exists(ckpt_path):
         die(f"init_from='resume' but there is no checkpoint at {ckpt_path}: check out_dir or start with init_from='scratch'")
-    checkpoint = torch.load(ckpt_path, map_location=device, weights_only=False)
+    try:
+        checkpoint, _ = read_checkpoint(ckpt_path, device)
+    except ValueError as e:
+        die(e)
+    missing = [k for k in ('optimizer', 'scaler', 'iter_num', 'best_val_loss', 'rng_cpu') if k not in checkpoint]
+    if missing:
+        die(f"{ckpt_path} holds weights but not the training state to resume ({', '.join(missing)}): "
+            "evaluate it, or start a new run in another out_dir")
     differ = {k: (v, model_args.get(k)) for k, v in checkpoint['model_args'].items() if model_args.get(k) != v}
+    old_data = checkpoint.get('data', {}).get('data_dir', data_dir)
+    for k, old, new in (('seed', checkpoint.get('config', {}).get('seed', seed), seed), ('data_dir', old_data, data_dir)):
+        if old != new and not (k == 'data_dir' and os.path.realpath(old) == os.path.realpath(new)):
+            differ[k] = (old, new)  # the batches would differ from the run's own: no exact resume
     if differ:
         k, (old, new) = next(iter(differ.items()))
         die(f"{ckpt_path} was trained with {k}={old!r} but this config says {k}={new!r} ({len(differ)} setting(s) differ): "
             "resume with the same config file and overrides, or use another out_dir")
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
-elif init_from != 'scratch':
-    die(f"init_from='{init_from}': use 'scratch' or 'resume'")
-try:
-    model = GPT(GPTConfig(**model_args))
-except ValueError as e:  # e.g. an unknown pe, or a knob the pe would ignore
-    die(e)
-if checkpoint is not None:
-    model.load_state_dict({k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()})
+    saved_iter = iter_num
+elif not overwrite and os.path.exists(ckpt_path):
+    die(f"{out_dir} already holds a checkpoint ({ckpt_path}): continue it with --init_from=resume, "
+        "use another out_dir, or pass --overwrite=True to replace it")
+
+model = GPT(GPTConfig(**model_args))
 model.to(device)
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if checkpoint is not None:
-    optimizer.load_state_dict(checkpoint['optimizer'])
-    scaler.load_state_dict(checkpoint['scaler'])
+    try:
+        model.load_state_dict({k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()})
+        optimizer.load_state_dict(checkpoint['optimizer'])
+        scaler.load_state_dict(checkpoint['scaler'])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        die(f"{ckpt_path}: its weights or optimizer state do not fit its model settings ({type(e).__name__}): it comes "
+            "from another version of the code; evaluate it, or start a new run in another out_dir")
     torch.set_rng_state(checkpoint['rng_cpu'].cpu())  # dropout continues as if never stopped
     if device_type == 'cuda' and checkpoint.get('rng_cuda') is not None:
         torch.cuda.set_rng_state(checkpoint['rng_cuda'].cpu())
+
+# out_dir: created only now that every setting and the checkpoint have been checked; one run at a time
+if master_process:
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        lock = open(os.path.join(out_dir, 'train.lock'), 'a+')  # held while we run; the OS drops it when we die
+    except OSError as e:
+        die(f"cannot write to out_dir {out_dir} ({e.strerror}): choose a folder you can write to")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        die(f"{out_dir} is in use by another training run (pid {lock.read().strip() or '?'}): "
+            "wait for it to end, or use another out_dir")
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    if init_from == 'scratch':
+        for path in (ckpt_path, log_path):  # a log without a checkpoint is of a run that can no longer resume
+            if os.path.exists(path):
+                os.remove(path)
+                print(f"removed the earlier {path}" + (" (overwrite=True)" if path == ckpt_path else ''))
+    elif os.path.exists(log_path):  # each iteration logged once: drop what the killed run logged past its checkpoint
+        redo = iter_num % eval_interval == 0 or iter_num == max_iters  # the loop evaluates again at iter_num
+        keep = []
+        for line in open(log_path):
+            try:
+                r = json.loads(line)
+            except ValueError:  # a line torn by the kill
+                continue
+            it = r.get('iter', -1) if isinstance(r, dict) else -1
+            if it < iter_num or (it == iter_num and not ('val_loss' in r and redo)):
+                keep.append(line if line.endswith('\n') else line + '\n')
+        with open(log_path + '.tmp', 'w') as f:
+            f.writelines(keep)
+        os.replace(log_path + '.tmp', log_path)
+
 checkpoint = None  # free memory
 if master_process:
     print(f"{model.get_num_params() / 1e6:.2f}M parameters, arch={arch}, pe={pe}")
@@ -228,19 +325,69 @@ def get_lr(it):
     return lr_min + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - lr_min)
 
 
+def kept():
+    """What is in out_dir now, for the one line that ends a run early."""
+    if saved_iter is None:
+        return "no checkpoint was written yet"
+    return f"the last checkpoint {ckpt_path} (iter {saved_iter}) is intact; continue it with --init_from=resume"
+
+
+def cannot_write(path, e):
+    try:
+        free = f", {shutil.disk_usage(out_dir).free / 2**20:,.0f} MiB free there"
+    except OSError:
+        free = ''
+    os_error = e if isinstance(e, OSError) else e.__context__  # torch's writer raises a RuntimeError over the OSError
+    reason = os_error.strerror if isinstance(os_error, OSError) and os_error.strerror else type(e).__name__
+    die(f"could not write {path} ({reason}{free}): {kept()}")
+
+
 def log(record):
-    with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
-        f.write(json.dumps(record) + '\n')
+    try:
+        with open(log_path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+    except OSError as e:  # a full disk, a vanished out_dir
+        cannot_write(log_path, e)
+
+
+def stop_if_diverged():
+    """A non-finite loss ends the run before anything is saved: the last checkpoint stays the good one."""
+    bad = int(bad_iter)  # a sync point: only called where we sync anyway (logging, evaluation)
+    if bad >= 0:
+        die(f"the training loss is not finite at iter {bad}: the run diverged and was stopped without saving; {kept()} "
+            "(lower learning_rate or raise warmup_iters first)")
 
 
 def save_checkpoint():
+    global saved_iter
+    for name, p in raw_model.named_parameters():  # never a NaN over good work (cheap next to the write)
+        if not torch.isfinite(p).all():
+            die(f"weight {name} is not finite at iter {iter_num}: not saved; {kept()}")
     ckpt = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
             'model_args': model_args, 'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
             'data': {'data_dir': data_dir, 'meta': meta, 'next_batch': iter_num * gradient_accumulation_steps},
             'rng_cpu': torch.get_rng_state(), 'rng_cuda': torch.cuda.get_rng_state() if device_type == 'cuda' else None}
     tmp = ckpt_path + '.tmp'
-    torch.save(ckpt, tmp)
-    os.replace(tmp, ckpt_path)  # atomic: a crash mid-write never leaves a broken ckpt.pt
+    try:
+        with open(tmp, 'wb') as f:  # a file object, so a full disk surfaces as an OSError with its reason
+            torch.save(ckpt, f)
+        os.replace(tmp, ckpt_path)  # atomic: a crash mid-write never leaves a broken ckpt.pt
+    except (OSError, RuntimeError) as e:  # a full disk: torch reports it as a RuntimeError
+        cannot_write(ckpt_path, e)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    saved_iter = iter_num
+
+
+def on_ctrl_c(signum, frame):
+    if stop:  # a second Ctrl-C: stop now (an unfinished write only ever leaves ckpt.pt.tmp behind)
+        die(f"interrupted (Ctrl-C) at iter {iter_num}: {kept()}")
+    stop.append(signum)
+
+
+stop = []  # Ctrl-C asks the loop to stop between steps, so a checkpoint being written is never cut short
+signal.signal(signal.SIGINT, on_ctrl_c)
 
 
 # -----------------------------------------------------------------------------
@@ -249,7 +396,10 @@ peak = peak_flops(device_type)
 flops_per_iter = raw_model.flops_per_token(block_size) * tokens_per_iter
 t0 = time.time()
 running_mfu = -1.0
+bad_iter = torch.tensor(-1, device=device)  # the first iteration with a non-finite loss, kept on the device: no sync per step
 while True:
+    if stop:
+        die(f"interrupted (Ctrl-C) at iter {iter_num}: {kept()}")
     lr = get_lr(iter_num) if decay_lr else learning_rate
     for group in optimizer.param_groups:
         group['lr'] = lr
@@ -257,10 +407,14 @@ while True:
     if (iter_num % eval_interval == 0 or iter_num == max_iters) and master_process:
         losses = estimate_loss()
         print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        stop_if_diverged()
+        if not all(map(math.isfinite, losses.values())):
+            die(f"the evaluated loss is not finite at iter {iter_num} (train {losses['train']}, val {losses['val']}): "
+                f"not saved; {kept()}")
         log({'iter': iter_num, 'train_loss': losses['train'], 'val_loss': losses['val'], 'lr': lr})
         if losses['val'] < best_val_loss or always_save_checkpoint:
             best_val_loss = min(best_val_loss, losses['val'])
-            if iter_num > 0:
+            if iter_num > 0 and iter_num != saved_iter:  # a resumed run has this one already
                 save_checkpoint()
                 print(f"saved checkpoint to {ckpt_path}")
     if iter_num >= max_iters or eval_only:
@@ -287,7 +441,9 @@ while True:
     optimizer.zero_grad(set_to_none=True)
 
     iter_num += 1
+    bad_iter = torch.where(torch.isfinite(loss_sum) | (bad_iter >= 0), bad_iter, iter_num)
     if iter_num % log_interval == 0 and master_process:
+        stop_if_diverged()
         lossf = loss_sum.item()  # a sync point, so only when logging
         if device_type == 'cuda':
             torch.cuda.synchronize()

@@ -14,7 +14,7 @@ train() {  # train OUT_NAME OVERRIDES...
     local dir=$OUT/$1; shift
     local log=$dir.train.log
     mkdir -p "$OUT"
-    if [ -f "$dir/ckpt.pt" ] && python -c "import torch,sys; c=torch.load('$dir/ckpt.pt',weights_only=False); sys.exit(c['iter_num']<c['config']['max_iters'])"; then
+    if [ -f "$dir/ckpt.pt" ] && python -c "import torch,sys; c=torch.load('$dir/ckpt.pt',weights_only=True); sys.exit(c['iter_num']<c['config']['max_iters'])"; then
         echo "skip $dir (finished)"; return
     fi
     local resume=()

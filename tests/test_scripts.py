@@ -73,7 +73,7 @@ def test_training_lowers_loss(trained):
     assert evals[-1]['val_loss'] < evals[0]['val_loss'] - 1.5  # from ~ln(257)=5.5 to well below
     steps = [r for r in log_of(trained / 'expe') if 'loss' in r]
     assert all(r['tok_per_s'] > 0 and r['ms_per_iter'] > 0 and r['mfu'] is None for r in steps)  # no peak on CPU
-    ckpt = torch.load(trained / 'expe' / 'ckpt.pt', weights_only=False)
+    ckpt = torch.load(trained / 'expe' / 'ckpt.pt', weights_only=True)
     assert ckpt['iter_num'] == 40 and ckpt['model_args']['pe'] == 'expe'
     assert ckpt['model_args']['vocab_size'] == 320  # 257 rounded up to a multiple of 64
     assert not (trained / 'expe' / 'ckpt.pt.tmp').exists()
@@ -179,7 +179,7 @@ def test_bad_input(data_dir, trained, tmp_path):
     foreign.mkdir()
     torch.save({'weights': {}}, foreign / 'ckpt.pt')
     one_line_error(run('eval.py', '--ckpt', foreign, check=False), 'not a checkpoint of this project')
-    ck = torch.load(trained / 'expe' / 'ckpt.pt', weights_only=False)
+    ck = torch.load(trained / 'expe' / 'ckpt.pt', weights_only=True)
     ck['model_args']['n_embd'] = 64  # weights no longer fit the settings
     torch.save(ck, foreign / 'ckpt.pt')
     one_line_error(run('eval.py', '--ckpt', foreign, check=False), 'does not match')
