@@ -13,6 +13,7 @@ import statistics
 import time
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 
 from model import ARCHS, GPT, GPTConfig, PES, check_config, peak_flops
@@ -116,10 +117,12 @@ def bench_train(pe, arch):
     raw, model = build(pe, arch)
     opt = raw.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device_type)
     x = torch.randint(0, vocab_size, (batch_size, block_size + 1), device=device)
+    pos = raw.pe.train_positions(np.random.default_rng(seed), batch_size, block_size)  # as train.py: None = 0..T-1
+    pos = pos if pos is None else pos.to(device)
 
     def step():
         with ctx:
-            _, loss = model(x[:, :-1], x[:, 1:])
+            _, loss = model(x[:, :-1], x[:, 1:], pos=pos)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

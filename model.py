@@ -1,7 +1,7 @@
 """
 One GPT decoder with a positional-encoding switch (`pe`) and an architecture switch (`arch`).
 
-pe:   see PES below (expe, exqpe, rope, sinusoidal, learned, alibi, nope, tape, ...)
+pe:   see PES below (expe, exqpe, rope, sinusoidal, learned, alibi, nope, tape, fire, t5, randpe, xpos)
 arch: gpt2  (LayerNorm, GELU MLP, dropout, optional bias, tied embeddings by default)
       llama (RMSNorm, SwiGLU MLP, no bias, optional tied embeddings)
 
@@ -55,6 +55,19 @@ class GPTConfig:
     # TAPE (Zhu et al. 2025): a per-layer position state updated by attention and by the MLP
     tape_inner: int = 0         # I, the width of the MLP-side update; 0 -> 4 * n_head
     tape_rowsum: bool = False   # the authors' code: the H x H head mixing acts as per-head scalars (row sums)
+    # FIRE (Li et al. 2023): a learned MLP of ψ(i-j)/ψ(max(L, i)), ψ(x) = log(c·x + 1); c and L learned
+    fire_width: int = 32        # hidden units of the MLP 1 -> width -> n_head (the reference code's 32)
+    fire_c: float = 0.1         # initial c (the reference code's init_c)
+    fire_L: float = 512.0       # initial threshold L (the reference code's init_L; learned as a multiplier of it)
+    fire_shared: bool = False   # one MLP, c and L for all blocks (default: one per block, as the reference code)
+    # T5 (Raffel et al. 2020): a learned bias per head and bucket of the causal distance, shared by all blocks
+    t5_buckets: int = 32        # half exact distances, half log-spaced
+    t5_max_distance: int = 128  # distances from here on share the last bucket
+    # RandPE (Ruoss et al. 2023): in training, a row's positions are a sorted random subset of [0, randpe_max)
+    randpe_max: int = 0         # 0 -> 16 * block_size (the paper needs it >= the longest test length)
+    # xPos (Sun et al. 2022): RoPE with q scaled by ζ_i^(n/γ_base) and k by ζ_i^(-n/γ_base)
+    xpos_gamma: float = 0.4     # ζ_i = (2i/D + γ) / (1 + γ) for the pair of frequency i
+    xpos_scale_base: float = 512.0  # γ_base
 
 
 # =============================================================================
@@ -64,15 +77,18 @@ class GPTConfig:
 # GPT builds it from config.pe (as `model.pe`) and calls it at fixed points of every forward:
 #   embed(x, pos)                   token embeddings (B, T, C) -> the first block's input
 #   setup(pos)                      once: what the blocks need at the absolute positions pos (T,)
+#                                   (or (B, T): a training batch's own, from train_positions)
 #   project(c_attn, x, st, layer)   the normalized attention input (B, T, C) -> q, k, v (B, T, C)
 #   rotate(q, k, v, st, layer)      q, k, v per head (B, H, T, D), before the KV cache and attention
-#   score_bias(h, q_pos, k_pos)     added to the attention logits, if has_bias
+#   bias_tables(st, layer)          what score_bias needs in this block (tensors), if has_bias
+#   score_bias(h, q_pos, k_pos, tables)  added to the attention logits, if has_bias (see attention())
 #   after_attention(y, st, layer)   the attention output per head (B, H, T, D')
 #   after_block(f, st, layer)       the block's MLP output (B, T, C)
 # `st` is the dict setup returned; a pe may update it from block to block (TAPE does).
 # What it can do: max_len() (the longest input; None = any), scalable (pos_scale means something),
 # knobs (the GPTConfig fields it owns: set on another pe, they are an error), check() (its own
-# config errors), train_positions() (positions for a training batch; None = 0..T-1).
+# config errors), train_positions() (positions for a training batch, drawn from its seeded numpy RNG;
+# None = 0..T-1; evaluation always uses 0..T-1).
 # To add a pe: write its class, add its name to PES, add its knobs to GPTConfig.
 
 class PE(nn.Module):
@@ -109,7 +125,15 @@ class PE(nn.Module):
     def rotate(self, q, k, v, st, layer):
         return q, k, v
 
-    def score_bias(self, h, q_pos, k_pos):
+    def bias_tables(self, st, layer):
+        """Tensors score_bias needs in this block. Picked here, outside score_bias, so that one compiled
+        FlexAttention kernel serves every block (a block index inside it would compile one per block)."""
+        return None
+
+    def score_bias(self, h, q_pos, k_pos, tables):
+        """The logit bias of head h, query position q_pos and key position k_pos: broadcast index grids on
+        the dense path, 0-d tensors inside FlexAttention. So: elementwise ops and table indexing only.
+        Keys after the query (masked anyway) must still index in range."""
         raise NotImplementedError
 
     def after_attention(self, y, st, layer):
@@ -281,6 +305,76 @@ class RoPE(PE):
 
 
 # -----------------------------------------------------------------------------
+# randpe (Ruoss et al. 2023): RoPE, but in training each row's positions are a sorted random subset
+# of [0, randpe_max), drawn from the batch's seeded RNG (train.py), so every relative distance up to
+# randpe_max is seen at the training length. Evaluation uses positions 0..n-1 like RoPE (the
+# authors' code draws a new random subset at test time too; README, "What is a reconstruction").
+
+class RandPE(RoPE):
+    knobs = ('rope_base', 'randpe_max')
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.max_pos = config.randpe_max or 16 * config.block_size
+
+    def check(self):
+        super().check()
+        if self.max_pos < self.config.block_size:
+            raise ValueError(f"randpe_max={self.max_pos} is below block_size={self.config.block_size}: "
+                             "the random positions of a row must fit in [0, randpe_max); raise it or set 0")
+
+    def train_positions(self, rng, batch_size, T):
+        rows = [torch.from_numpy(rng.choice(self.max_pos, size=T, replace=False)) for _ in range(batch_size)]
+        return torch.stack(rows).sort(dim=1).values
+
+    def setup(self, pos):
+        st = super().setup(pos)
+        if pos.dim() == 2:  # a training batch's own positions (B, T): the same for every head
+            st['rope'] = tuple(t[:, None] for t in st['rope'])
+        return st
+
+
+# -----------------------------------------------------------------------------
+# xpos (Sun et al. 2022): RoPE whose pair of frequency i is also scaled, q by ζ_i^(n/γ_base) and k by
+# ζ_i^(-n/γ_base), ζ_i = (2i/D + γ)/(1 + γ), so q_m·k_n decays like ζ_i^((m-n)/γ_base) with distance.
+# Not centred (the authors' code centres n on the middle of the input, which changes cached keys as
+# the input grows): k's scale grows with n, so inputs stop where it would pass 2^96 (max_len).
+# The paper's blockwise causal attention at inference (LEX) is not part of it.
+
+def xpos_scale(pos, head_dim, gamma, scale_base):
+    """ζ_i^(n / scale_base) (T, D), laid out like rope_cos_sin (pair i is dims i and i + D/2)."""
+    zeta = (torch.arange(0, head_dim, 2, dtype=torch.float32, device=pos.device) / head_dim + gamma) / (1 + gamma)
+    scale = zeta ** (pos.float()[..., None] / scale_base)
+    return torch.cat((scale, scale), dim=-1)
+
+
+class XPos(PE):
+    knobs = ('rope_base', 'xpos_gamma', 'xpos_scale_base')
+    scalable = True  # positions x s, in the rotation and the decay
+
+    def check(self):
+        c = self.config
+        head_size_is_even(c)
+        if c.xpos_gamma <= 0 or c.xpos_scale_base <= 0:
+            raise ValueError(f"xpos_gamma={c.xpos_gamma} and xpos_scale_base={c.xpos_scale_base} must be positive")
+
+    def max_len(self):
+        c = self.config
+        zeta0 = c.xpos_gamma / (1 + c.xpos_gamma)  # the smallest ζ: k's fastest-growing scale
+        return int(96 * c.xpos_scale_base / (math.log2(1 / zeta0) * c.pos_scale))
+
+    def setup(self, pos):
+        c = self.config
+        D = c.n_embd // c.n_head
+        cos, sin = rope_cos_sin(pos * c.pos_scale, D, c.rope_base)
+        scale = xpos_scale(pos * c.pos_scale, D, c.xpos_gamma, c.xpos_scale_base)
+        return {'xpos_q': (cos * scale, sin * scale), 'xpos_k': (cos / scale, sin / scale)}
+
+    def rotate(self, q, k, v, st, layer):
+        return apply_rope(q, *st['xpos_q']), apply_rope(k, *st['xpos_k']), v
+
+
+# -----------------------------------------------------------------------------
 # alibi (Press et al. 2022): head h adds -m_h · (query pos - key pos) to its logits, with the
 # geometric slopes of the paper (interleaved for head counts that are not a power of two).
 
@@ -300,8 +394,121 @@ class ALiBi(PE):
         super().__init__(config)
         self.register_buffer('slopes', alibi_slopes(config.n_head), persistent=False)
 
-    def score_bias(self, h, q_pos, k_pos):
+    def score_bias(self, h, q_pos, k_pos, tables):
         return -self.slopes[h] * self.config.pos_scale * (q_pos - k_pos)
+
+
+# -----------------------------------------------------------------------------
+# t5 (Raffel et al. 2020): head h adds a learned b[bucket(i - j), h], one table for all blocks (T5
+# computes it in the first block and reuses it). Causal buckets as T5's decoder: distances below
+# t5_buckets/2 each have a bucket, then log-spaced buckets up to t5_max_distance, then the last one.
+# Added to the scaled logits, like ALiBi (T5 itself does not scale its logits).
+
+def t5_bucket(dist, n_buckets, max_distance):
+    """T5's bucket of a causal distance q - k >= 0 (float; integer-valued unless scaled)."""
+    exact = n_buckets // 2
+    log_bucket = exact + (torch.log(dist.clamp(min=exact) / exact) / math.log(max_distance / exact)
+                          * (n_buckets - exact)).long()
+    return torch.where(dist < exact, dist.long(), log_bucket.clamp(max=n_buckets - 1))
+
+
+class T5(PE):
+    knobs = ('t5_buckets', 't5_max_distance')
+    scalable = True  # multiplies the distances before bucketing
+    has_bias = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.rel = nn.Embedding(config.t5_buckets, config.n_head)
+
+    def check(self):
+        c = self.config
+        if c.t5_buckets < 2 or c.t5_max_distance <= c.t5_buckets // 2:
+            raise ValueError(f"t5_buckets={c.t5_buckets}, t5_max_distance={c.t5_max_distance}: need at least 2 "
+                             "buckets and a max distance above half of them")
+
+    def score_bias(self, h, q_pos, k_pos, tables):
+        c = self.config
+        dist = (q_pos - k_pos).clamp(min=0) * c.pos_scale  # future keys (masked) get bucket 0, as in T5
+        return self.rel.weight[t5_bucket(dist, c.t5_buckets, c.t5_max_distance), h]
+
+
+# -----------------------------------------------------------------------------
+# fire (FIRE, Li et al. 2023): head h adds f(ψ(i - j) / ψ(max(L, i)))_h, ψ(x) = log(c·x + 1), with f
+# an MLP 1 -> fire_width -> n_head (ReLU); f, c and the threshold L are learned, one set per block.
+# Details the paper's text leaves open follow TAPE's FIRE baseline (VITA-Group/TAPE, fire.py): ψ takes
+# |c·x|, the threshold is |L|, L is learned as a multiplier of fire_L, 1e-6 is added to the denominator,
+# and the MLP has PyTorch's default Linear init. A ReLU MLP of one input is piecewise linear, so setup rewrites f
+# once per forward as pieces A + B·u between its sorted kinks (exact, and differentiable in the
+# weights): a score then costs two logs, a 6-step binary search and a multiply-add, not a 32-wide MLP.
+
+def fire_pieces(w1, b1, w2, b2):
+    """f(u) = w2·relu(w1·u + b1) + b2 as pieces: kinks (P,) sorted and padded with +inf to a power of
+    two P > width, and A, B (H, P) such that f(u) = A[:, s] + B[:, s]·u for s = #(kinks <= u)."""
+    W = w1.numel()
+    P = 2 ** math.ceil(math.log2(W + 1))
+    with torch.no_grad():  # where the pieces change is not differentiable (ReLU's kink)
+        t, order = torch.where(w1 != 0, -b1 / w1, torch.inf).sort()  # unit k switches at u = -b1/w1
+        rank = order.argsort()
+    s = torch.arange(P, device=w1.device)[:, None]  # piece s: kinks[s-1] <= u < kinks[s]
+    on = torch.where(w1 > 0, rank < s, torch.where(w1 < 0, rank >= s, b1 > 0)).float()  # (P, W)
+    kinks = torch.cat((t, t.new_full((P - W,), torch.inf)))
+    return kinks, (w2 * b1) @ on.t() + b2[:, None], (w2 * w1) @ on.t()
+
+
+class FIREBlock(nn.Module):
+    """f, c and L of one block."""
+    def __init__(self, config):
+        super().__init__()
+        W, H = config.fire_width, config.n_head
+        self.w1 = nn.Parameter(torch.empty(W).uniform_(-1.0, 1.0))  # Linear(1, W): bound 1/sqrt(fan-in)
+        self.b1 = nn.Parameter(torch.empty(W).uniform_(-1.0, 1.0))
+        self.w2 = nn.Parameter(torch.empty(H, W).uniform_(-W ** -0.5, W ** -0.5))  # Linear(W, H)
+        self.b2 = nn.Parameter(torch.empty(H).uniform_(-W ** -0.5, W ** -0.5))
+        self.c = nn.Parameter(torch.tensor(config.fire_c))
+        self.L = nn.Parameter(torch.tensor(1.0))  # the threshold is |L * fire_L|
+
+
+class FIRE(PE):
+    knobs = ('fire_width', 'fire_c', 'fire_L', 'fire_shared')
+    scalable = True  # multiplies positions (i - j and i)
+    has_bias = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.blocks = nn.ModuleList(FIREBlock(config) for _ in range(1 if config.fire_shared else config.n_layer))
+
+    def check(self):
+        c = self.config
+        if c.fire_width < 1 or c.fire_c <= 0 or c.fire_L <= 0:
+            raise ValueError(f"fire_width={c.fire_width}, fire_c={c.fire_c}, fire_L={c.fire_L} must be positive")
+
+    def setup(self, pos):
+        # per query row (pos): c and 1/(ψ(max(L, i)) + 1e-6), as tables that score_bias indexes:
+        # FlexAttention's backward handles captured tensors that score_mod indexes, not a 0-d c used directly
+        i = (pos * self.config.pos_scale).float()
+        tables = []
+        with torch.autocast(pos.device.type, enabled=False):  # fp32
+            for b in self.blocks:
+                c, L = b.c.abs(), (b.L * self.config.fire_L).abs()
+                den = 1 / (torch.log1p(c * torch.maximum(i, L)) + 1e-6)
+                tables.append((pos[0], c.expand(len(pos)).contiguous(), den, *fire_pieces(b.w1, b.b1, b.w2, b.b2)))
+        return {'fire': tables}
+
+    def bias_tables(self, st, layer):
+        return st['fire'][0 if self.config.fire_shared else layer]
+
+    def score_bias(self, h, q_pos, k_pos, tables):
+        pos0, c, den, kinks, A, B = tables
+        row = q_pos - pos0  # the query's row in the per-query tables
+        dist = (q_pos - k_pos).clamp(min=0) * self.config.pos_scale
+        u = torch.log1p(c[row] * dist) * den[row]  # ψ(i - j) / ψ(max(L, i)): progressive interpolation
+        step = kinks.numel() // 2
+        s = (kinks[step - 1] <= u).long() * step  # binary search: s = #(kinks <= u)
+        while step > 1:
+            step //= 2
+            s = torch.where(kinks[s + step - 1] <= u, s + step, s)
+        return A[h, s] + B[h, s] * u
 
 
 # -----------------------------------------------------------------------------
@@ -395,6 +602,10 @@ PES = {
     'alibi': ALiBi,
     'nope': PE,
     'tape': TAPE,
+    'fire': FIRE,
+    't5': T5,
+    'randpe': RandPE,
+    'xpos': XPos,
 }
 
 
@@ -407,7 +618,7 @@ _flex_attention = None  # compiled once on first use
 _block_masks = {}
 
 
-def bias_flex(q, k, v, pe, past):
+def bias_flex(q, k, v, pe, tables, past):
     global _flex_attention
     from torch.nn.attention.flex_attention import flex_attention, create_block_mask
     if _flex_attention is None:
@@ -415,7 +626,7 @@ def bias_flex(q, k, v, pe, past):
     Tq, Tk = q.size(-2), k.size(-2)
 
     def score_mod(score, b, h, q_idx, kv_idx):
-        return score + pe.score_bias(h, q_idx + past, kv_idx)
+        return score + pe.score_bias(h, q_idx + past, kv_idx, tables)
 
     def causal(b, h, q_idx, kv_idx):
         return q_idx + past >= kv_idx
@@ -426,21 +637,22 @@ def bias_flex(q, k, v, pe, past):
     return _flex_attention(q, k, v, score_mod=score_mod, block_mask=_block_masks[key])
 
 
-def dense_bias(pe, n_head, past, Tq, Tk, device):
+def dense_bias(pe, tables, n_head, past, Tq, Tk, device):
     """(H, Tq, Tk) score bias of the queries at past..past+Tq-1, with the causal mask folded in."""
     h = torch.arange(n_head, device=device)[:, None, None]
     q_pos = torch.arange(past, past + Tq, device=device)[None, :, None]
     k_pos = torch.arange(Tk, device=device)[None, None, :]
-    return pe.score_bias(h, q_pos, k_pos).float().masked_fill(k_pos > q_pos, float('-inf'))
+    return pe.score_bias(h, q_pos, k_pos, tables).float().masked_fill(k_pos > q_pos, float('-inf'))
 
 
-def attention(q, k, v, pe, past, dropout_p):
-    """Causal attention of q (B, H, Tq, D), at positions past..past+Tq-1, over k, v (B, H, Tk, D)."""
+def attention(q, k, v, pe, tables, past, dropout_p):
+    """Causal attention of q (B, H, Tq, D), at positions past..past+Tq-1, over k, v (B, H, Tk, D);
+    tables: the block's pe.bias_tables."""
     Tq, Tk = q.size(2), k.size(2)
     if pe.has_bias:
         if q.is_cuda and Tq > 1 and dropout_p == 0.0:
-            return bias_flex(q, k, v, pe, past)
-        bias = dense_bias(pe, q.size(1), past, Tq, Tk, q.device)
+            return bias_flex(q, k, v, pe, tables, past)
+        bias = dense_bias(pe, tables, q.size(1), past, Tq, Tk, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p)
     if past == 0:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
@@ -503,7 +715,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             past = cache.pos
             k, v = cache.update(self.layer, k, v)
-        y = attention(q, k, v, pe, past, self.dropout if self.training else 0.0)
+        y = attention(q, k, v, pe, pe.bias_tables(st, self.layer), past, self.dropout if self.training else 0.0)
         y = pe.after_attention(y, st, self.layer)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))

@@ -194,9 +194,12 @@ def get_batch(split, k, fixed=False):
             rows[r] = torch.tensor(passkey_row(encode, eot, block_size + 1, rng))
     xy = torch.stack(rows)
     x, y = xy[:, :-1], xy[:, 1:]
+    # positions of a training batch, where the pe draws its own (None: 0..T-1); from the same RNG, so resume is exact
+    pos = raw_model.pe.train_positions(rng, batch_size, block_size) if split == 'train' and not fixed else None
+    pos = pos if pos is None else pos.to(device)
     if device_type == 'cuda':  # pinned memory lets the copy overlap with compute
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True), pos
+    return x.to(device), y.to(device), pos
 
 
 # -----------------------------------------------------------------------------
@@ -305,7 +308,7 @@ def estimate_loss():
     for split in ('train', 'val'):
         losses = torch.zeros(eval_iters)
         for k in range(eval_iters):
-            X, Y = get_batch(split, k, fixed=True)  # the same batches at every evaluation
+            X, Y, _ = get_batch(split, k, fixed=True)  # the same batches at every evaluation
             with ctx:
                 _, loss = eval_model(X, Y)
             losses[k] = loss.item()
@@ -425,11 +428,11 @@ while True:
     # forward/backward with gradient accumulation; DDP syncs gradients on the last micro-step only
     loss_sum = 0.0
     for micro_step in range(gradient_accumulation_steps):
-        X, Y = get_batch('train', iter_num * gradient_accumulation_steps + micro_step)
+        X, Y, P = get_batch('train', iter_num * gradient_accumulation_steps + micro_step)
         if ddp:
             model.require_backward_grad_sync = (micro_step == gradient_accumulation_steps - 1)
         with ctx:
-            _, loss = model(X, Y)
+            _, loss = model(X, Y, pos=P)
             loss = loss / gradient_accumulation_steps
         loss_sum += loss.detach()
         scaler.scale(loss).backward()

@@ -24,7 +24,7 @@ train() {  # train OUT_NAME OVERRIDES...
 }
 
 runs=()
-for pe in expe exqpe rope sinusoidal learned alibi nope tape; do
+for pe in expe exqpe rope sinusoidal learned alibi nope tape fire t5 randpe xpos; do
     for seed in $SEEDS; do runs+=("$pe-s$seed --pe=$pe --seed=$seed"); done
 done
 # Table 7 ablations (seed 1337), and sweeps of the two lost numbers: l = n_embd/8, n_embd/2
@@ -44,7 +44,7 @@ wait
 echo "training wall time: $(( $(date +%s) - t0 )) s"
 
 ev() { python eval.py --windows 16 "$@"; }
-main=(); for pe in expe exqpe rope sinusoidal learned alibi nope tape; do for s in $SEEDS; do main+=("$OUT/$pe-s$s"); done; done
+main=(); for pe in expe exqpe rope sinusoidal learned alibi nope tape fire t5 randpe xpos; do for s in $SEEDS; do main+=("$OUT/$pe-s$s"); done; done
 ev --ckpt "${main[@]}" --out results/cpu_main | tee results/cpu_main.txt
 scaled=(); for pe in expe exqpe rope; do for s in $SEEDS; do scaled+=("$OUT/$pe-s$s"); done; done
 ev --ckpt "${scaled[@]}" --scale 0.5 --out results/cpu_scaled | tee results/cpu_scaled.txt

@@ -8,7 +8,7 @@
 # results/passkey_probe.py, and eval.py for the same checkpoints' val loss.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PES=${PES:-"expe rope tape alibi"}
+PES=${PES:-"expe rope tape alibi fire t5 randpe xpos"}
 mkdir -p out/logs
 python prepare.py
 
