@@ -88,7 +88,8 @@ class GPTConfig:
 # What it can do: max_len() (the longest input; None = any), scalable (pos_scale means something),
 # knobs (the GPTConfig fields it owns: set on another pe, they are an error), check() (its own
 # config errors), train_positions() (positions for a training batch, drawn from its seeded numpy RNG;
-# None = 0..T-1; evaluation always uses 0..T-1).
+# None = 0..T-1; evaluation always uses 0..T-1), fp32_logits (its q·k needs fp32 at inference
+# under bf16 autocast).
 # To add a pe: write its class, add its name to PES, add its knobs to GPTConfig.
 
 class PE(nn.Module):
@@ -96,6 +97,7 @@ class PE(nn.Module):
     knobs = ()          # GPTConfig fields that belong to this pe
     scalable = False    # does pos_scale mean anything (are there position values to scale)?
     has_bias = False    # does it add score_bias to the attention logits?
+    fp32_logits = False # at inference under autocast, must q·k be computed in fp32 (not bf16)?
     renamed = ()        # (old state-dict name pattern, new name) for checkpoints from before a rename
 
     def __init__(self, config):
@@ -188,9 +190,12 @@ class Learned(PE):
 # -----------------------------------------------------------------------------
 # expe (ExPE, Eq. 3; docs/expe.md): dims i < l of the normalized attention input of Q and K (not V)
 # become S + θ·(n + i); the residual stream never holds them. The override is applied inside the
-# projection: W·φ(x, n) = W[:, l:]·x[l:] + W[:, :l]·p_n, with the position part in fp32, computed
-# once for all rows. Under bf16 autocast a materialized φ would be cast to bf16, whose 8-bit
-# mantissa rounds neighbouring positions to one value (from n = 256 at θ = 1/2048).
+# projection: W·φ(x, n) = W[:, l:]·x[l:] + W[:, :l]·p_n, the position part in fp32, computed once
+# for all rows, and q, k are returned in fp32. bf16 precision: S + θ(n+i) is far finer than bf16
+# (neighbouring positions share one value from n = 256 at θ = 1/2048), and past the training
+# length the position part dominates q and k, so rounding q, k to bf16 costs 0.11 nats at 16x
+# (README, "bf16"). So at inference their logits are computed in fp32 (fp32_logits); in training
+# (n < block_size, small values) bf16 attention costs nothing measurable and keeps flash kernels.
 
 def expe_values(pos, l, start, theta, stable=False):
     i = torch.zeros(l, device=pos.device) if stable else torch.arange(l, device=pos.device, dtype=torch.float32)
@@ -206,12 +211,13 @@ def expe_project(c_attn, x, values, n_out):
     rest = F.linear(x[..., l:], w[:, l:], b)
     with torch.autocast(x.device.type, enabled=False):  # the position part stays fp32
         pos_part = values.float() @ w[:, :l].float().t()  # (T, n_out * C), the same for every row
-    return (rest + pos_part).to(rest.dtype)
+    return rest + pos_part  # fp32: attention() decides the precision of q·k
 
 
 class ExPE(PE):
     knobs = ('expe_dims', 'expe_start', 'expe_once', 'expe_v', 'expe_theta', 'expe_stable', 'expe_learned')
     scalable = True  # multiplies the values (the paper's "scaled by 1/2")
+    fp32_logits = True
     renamed = ((r'^expe_params$', 'pe.params'),)
 
     def __init__(self, config):
@@ -645,9 +651,13 @@ def dense_bias(pe, tables, n_head, past, Tq, Tk, device):
     return pe.score_bias(h, q_pos, k_pos, tables).float().masked_fill(k_pos > q_pos, float('-inf'))
 
 
-def attention(q, k, v, pe, tables, past, dropout_p):
+def attention(q, k, v, pe, tables, past, dropout_p, fp32=False):
     """Causal attention of q (B, H, Tq, D), at positions past..past+Tq-1, over k, v (B, H, Tk, D);
-    tables: the block's pe.bias_tables."""
+    tables: the block's pe.bias_tables. fp32: under autocast, compute it in fp32 (autocast would
+    run SDPA in bf16)."""
+    if fp32 and torch.is_autocast_enabled(q.device.type):
+        with torch.autocast(q.device.type, enabled=False):
+            return attention(q.float(), k.float(), v.float(), pe, tables, past, dropout_p).to(v.dtype)
     Tq, Tk = q.size(2), k.size(2)
     if pe.has_bias:
         if q.is_cuda and Tq > 1 and dropout_p == 0.0:
@@ -715,7 +725,8 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             past = cache.pos
             k, v = cache.update(self.layer, k, v)
-        y = attention(q, k, v, pe, pe.bias_tables(st, self.layer), past, self.dropout if self.training else 0.0)
+        y = attention(q, k, v, pe, pe.bias_tables(st, self.layer), past, self.dropout if self.training else 0.0,
+                      pe.fp32_logits and not self.training)
         y = pe.after_attention(y, st, self.layer)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
