@@ -103,9 +103,11 @@ class PE(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
+        self.check()  # before a subclass builds anything from the settings
 
     def check(self):
-        """Raise ValueError (one line: the problem and the fix) for settings this pe cannot use."""
+        """Raise ValueError (one line: the problem and the fix) for settings this pe cannot use.
+        It runs first, so it reads only self.config."""
 
     def max_len(self):
         """The longest input in positions, KV cache included; None = no limit."""
@@ -145,10 +147,13 @@ class PE(nn.Module):
         pass
 
 
-def head_size_is_even(config):
+def rope_checks(config):
+    """Settings every pe with a RoPE rotation needs."""
     if (config.n_embd // config.n_head) % 2:
         raise ValueError(f"pe={config.pe} needs an even head size, got {config.n_embd // config.n_head}: "
                          "change n_embd or n_head")
+    if not (math.isfinite(config.rope_base) and config.rope_base > 1):
+        raise ValueError(f"rope_base={config.rope_base} must be a finite number > 1")
 
 
 # -----------------------------------------------------------------------------
@@ -231,10 +236,13 @@ class ExPE(PE):
 
     def check(self):
         c = self.config
-        if not 1 <= self.l <= c.n_embd:
-            raise ValueError(f"expe_dims={c.expe_dims} must be between 1 and n_embd={c.n_embd}")
+        if not 0 <= c.expe_dims <= c.n_embd:
+            raise ValueError(f"expe_dims={c.expe_dims} must be between 1 and n_embd={c.n_embd} (0 = n_embd/4)")
         if c.expe_learned not in ('', 'random', 'init'):
             raise ValueError(f"expe_learned='{c.expe_learned}': use '' (fixed), 'random' or 'init'")
+        if not (math.isfinite(c.expe_start) and math.isfinite(c.expe_theta) and c.expe_theta >= 0):
+            raise ValueError(f"expe_start={c.expe_start} and expe_theta={c.expe_theta} must be finite "
+                             "(θ >= 0, 0 = 1/(2T))")
 
     def values(self, pos):
         c = self.config
@@ -273,6 +281,12 @@ class ExQPE(ExPE):
         # δ: the power of two nearest to l/(2T), so every value is exact in bf16
         self.step = config.exqpe_step or 2.0 ** round(math.log2(self.l / (2 * config.block_size)))
 
+    def check(self):
+        super().check()
+        c = self.config
+        if c.exqpe_period < 0 or not math.isfinite(c.exqpe_step):
+            raise ValueError(f"exqpe_period={c.exqpe_period} must be >= 0 and exqpe_step={c.exqpe_step} finite (0 = default)")
+
     def values(self, pos):
         c = self.config
         return exqpe_values(pos, self.l, c.expe_start, self.step, c.exqpe_period or self.l)
@@ -299,7 +313,7 @@ class RoPE(PE):
     scalable = True
 
     def check(self):
-        head_size_is_even(self.config)
+        rope_checks(self.config)
 
     def setup(self, pos):
         c = self.config
@@ -325,8 +339,9 @@ class RandPE(RoPE):
 
     def check(self):
         super().check()
-        if self.max_pos < self.config.block_size:
-            raise ValueError(f"randpe_max={self.max_pos} is below block_size={self.config.block_size}: "
+        c = self.config
+        if c.randpe_max and c.randpe_max < c.block_size:
+            raise ValueError(f"randpe_max={c.randpe_max} is below block_size={c.block_size}: "
                              "the random positions of a row must fit in [0, randpe_max); raise it or set 0")
 
     def train_positions(self, rng, batch_size, T):
@@ -360,7 +375,7 @@ class XPos(PE):
 
     def check(self):
         c = self.config
-        head_size_is_even(c)
+        rope_checks(c)
         if c.xpos_gamma <= 0 or c.xpos_scale_base <= 0:
             raise ValueError(f"xpos_gamma={c.xpos_gamma} and xpos_scale_base={c.xpos_scale_base} must be positive")
 
@@ -575,7 +590,9 @@ class TAPE(PE):
         self.updates = nn.ModuleList(TAPEUpdate(config) for _ in range(config.n_layer - 1))
 
     def check(self):
-        head_size_is_even(self.config)
+        rope_checks(self.config)
+        if self.config.tape_inner < 0:
+            raise ValueError(f"tape_inner={self.config.tape_inner} must be >= 0 (0 = 4 n_head)")
 
     def setup(self, pos):
         c = self.config
@@ -778,17 +795,13 @@ def check_config(config):
     for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size'):
         if getattr(c, k) < 1:
             raise ValueError(f"{k}={getattr(c, k)} must be at least 1")
-    for k in ('ffn_hidden', 'expe_dims', 'exqpe_period', 'tape_inner'):  # 0 = the default
-        if getattr(c, k) < 0:
-            raise ValueError(f"{k}={getattr(c, k)} must be >= 0 (0 = the default)")
+    if c.ffn_hidden < 0:
+        raise ValueError(f"ffn_hidden={c.ffn_hidden} must be >= 0 (0 = the default)")
     if not 0.0 <= c.dropout < 1.0:
         raise ValueError(f"dropout={c.dropout} is a probability: use a value from 0 to below 1")
-    for k in ('norm_eps', 'pos_scale', 'rope_base'):
+    for k in ('norm_eps', 'pos_scale'):
         if not (math.isfinite(getattr(c, k)) and getattr(c, k) > 0):
             raise ValueError(f"{k}={getattr(c, k)} must be a finite number > 0")
-    for k in ('expe_start', 'expe_theta', 'exqpe_step'):
-        if not math.isfinite(getattr(c, k)):
-            raise ValueError(f"{k}={getattr(c, k)} must be a finite number")
     if c.pe not in PES:
         raise ValueError(f"unknown pe '{c.pe}': choose one of {', '.join(PES)}")
     if c.arch not in ARCHS:
@@ -820,8 +833,7 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=make_norm(config),
         ))
-        self.pe = PES[config.pe](config)  # the positional encoding, with its parameters
-        self.pe.check()
+        self.pe = PES[config.pe](config)  # the positional encoding, with its parameters (it checks its settings)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight
