@@ -436,7 +436,7 @@ def test_help_lists_every_setting(tmp_path):
     r = run(['train.py', '--help'], tmp_path)
     assert r.returncode == 0 and r.stderr == ''
     assert '--batch_size=16' in r.stdout and 'micro-batch per process' in r.stdout  # default and comment
-    assert '--overwrite=False' in r.stdout and '--pe=' in r.stdout and 'one of PES' in r.stdout  # model.py's fields too
+    assert '--overwrite=False' in r.stdout and '--pe=' in r.stdout and 'a name in PES' in r.stdout  # model.py's fields too
     r = run(['bench.py', '-h'], tmp_path)
     assert r.returncode == 0 and "--archs='gpt2'" in r.stdout and 'timed steps' in r.stdout
     for script in ('eval.py', 'sample.py', 'eval_tasks.py', 'prepare.py'):

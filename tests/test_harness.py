@@ -95,9 +95,12 @@ def test_generate_until_is_greedy_and_stops(lm):
     assert got == [full.split(stop)[0], full]
 
 
-def test_encode_pair_is_the_harness_split(ckpt):
+def test_encode_pair_is_the_harness_split(tmp_path):
     """eval_tasks.py splits (context, continuation) into tokens as the harness's TemplateLM does (GPT-2's BPE)."""
-    gpt2 = ExpeGPT(str(ckpt), device='cpu', tokenizer='gpt2')
+    args = dict(block_size=T, vocab_size=50304, n_layer=1, n_head=2, n_embd=16, pe='nope')  # GPT-2's vocabulary fits
+    torch.save({'model': GPT(GPTConfig(**args)).state_dict(), 'model_args': args, 'config': {},
+                'data': {'meta': {'tokenizer': 'gpt2'}}}, tmp_path / 'ckpt.pt')
+    gpt2 = ExpeGPT(str(tmp_path), device='cpu')
     enc = get_tokenizer('gpt2')[0]
     for context, continuation in [('Question: What melts ice?\nAnswer:', ' salt'), ('ends with a space ', 'x'),
                                   ('two spaces  ', ' y'), ('no space', 'joined'), ('numbers 12', '34')]:
