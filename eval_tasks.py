@@ -126,7 +126,7 @@ def passkey_heatmap(grid, T, title, path):
     ax.set_xlabel('length (multiple of the training length, tokens)')
     ax.set_ylabel('key depth')
     ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, label='accuracy')
+    fig.colorbar(im, ax=ax, label='accuracy', format=matplotlib.ticker.PercentFormatter(1.0))  # as the cells
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
