@@ -1,8 +1,11 @@
 r"""
 Time model.py's real training step (forward, backward, AdamW) for several PEs, or its forward
-pass at 1x..16x the training length, on random tokens. One table; ratios are against RoPE.
+pass at 1x..16x the training length, on random tokens. One table; ratios are against RoPE. Each
+row shows the median of the timed steps and their spread (min - max); a warning names the rows whose
+spread overlaps RoPE's, since that run cannot rank them against RoPE.
 
-$ python bench.py                                              # CPU-sized defaults, train mode
+$ python bench.py                                              # CPU-sized defaults, train mode, 1 CPU thread
+$ python bench.py --threads=0 --repeats=30                     # torch's default CPU threads (one per core)
 $ python bench.py --pes=expe,rope,alibi,tape --archs=gpt2,llama
 $ python bench.py --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --vocab_size=50304 \
       --batch_size=16 --compile=True                           # GPT-2 124M shape on a GPU
@@ -34,7 +37,8 @@ device = ''               # '' -> cuda if available, else cpu
 dtype = ''                # '' -> bfloat16 on cuda, float32 on cpu
 compile = False
 warmup = 3                # untimed steps first (compile, allocator, caches)
-repeats = 10              # timed steps; the median is reported
+repeats = 10              # timed steps; the median and the min - max are reported
+threads = 1               # CPU threads: 1 keeps rows comparable on a shared machine; 0 = torch's default (one per core)
 seed = 1337
 # -----------------------------------------------------------------------------
 from configurator import configure  # noqa: E402
@@ -61,6 +65,10 @@ torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 peak = peak_flops(device_type)
 pe_list, arch_list = pes.split(','), archs.split(',')
+if threads < 0:
+    die(f"threads={threads}: use a positive count, or 0 for torch's default")
+if device_type == 'cpu' and threads:
+    torch.set_num_threads(threads)
 if mode not in ('train', 'eval'):
     die(f"mode='{mode}': use 'train' or 'eval'")
 if not all(e.strip().isdigit() and int(e) >= 1 for e in evs.split(',')):
@@ -83,7 +91,7 @@ for pe in pe_list:  # every shape before any timing
 
 
 def timed(fn):
-    """Median seconds of fn() over `repeats` calls, after `warmup` calls."""
+    """(median, min, max) seconds of fn() over `repeats` calls, after `warmup` calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -99,7 +107,7 @@ def timed(fn):
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(times), min(times), max(times)
 
 
 def peak_mem():
@@ -129,10 +137,10 @@ def bench_train(pe, arch):
         opt.zero_grad(set_to_none=True)
     if device_type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
-    dt = timed(step)
+    dt, lo, hi = timed(step)
     tokens = batch_size * block_size
     mfu = raw.flops_per_token(block_size) * tokens / dt / peak if peak else None
-    return dt, tokens / dt, mfu, peak_mem()
+    return dt, lo, hi, tokens / dt, mfu, peak_mem()
 
 
 @torch.no_grad()
@@ -153,30 +161,37 @@ def bench_eval(pe, arch, ev):
         dt = timed(forward)
     except torch.OutOfMemoryError:
         return 'out of memory'
-    return dt, peak_mem()
+    return dt, peak_mem()  # dt = (median, min, max)
 
 
-name = torch.cuda.get_device_name() if device_type == 'cuda' else 'cpu'
-print(f"device {name} ({torch.get_num_threads()} threads on cpu), {dtype}, compile={compile}; "
+name = torch.cuda.get_device_name() if device_type == 'cuda' else f"cpu, {torch.get_num_threads()} thread(s)"
+print(f"device {name}, {dtype}, compile={compile}; "
       f"{n_layer}x{n_embd}, {n_head} heads, T={block_size}, batch {batch_size}, vocab {vocab_size}; "
-      f"median of {repeats} after {warmup} warm-up")
+      f"median and min - max of {repeats} steps after {warmup} warm-up")
 if mode == 'train':
-    print('| arch | pe | ms/step | tokens/s | MFU | peak memory | x RoPE |')
-    print('|---|---|---|---|---|---|---|')
+    print('| arch | pe | ms/step | min - max | tokens/s | MFU | peak memory | x RoPE |')
+    print('|---|---|---|---|---|---|---|---|')
+    unranked = []
     for arch in arch_list:
         results = {pe: bench_train(pe, arch) for pe in pe_list}
         rope = results.get('rope')
-        for pe, (dt, tok_s, mfu, mem) in results.items():
+        for pe, (dt, lo, hi, tok_s, mfu, mem) in results.items():
             ratio = f"{dt / rope[0]:.2f}" if rope else 'n/a'
             mfu_s = f"{100 * mfu:.1f}%" if mfu is not None else 'n/a'
-            print(f"| {arch} | {pe} | {1000 * dt:.1f} | {tok_s:,.0f} | {mfu_s} | {mem} | {ratio} |")
+            print(f"| {arch} | {pe} | {1000 * dt:.1f} | {1000 * lo:.1f} - {1000 * hi:.1f} | {tok_s:,.0f} | {mfu_s} | {mem} | {ratio} |")
+            if rope and pe != 'rope' and lo <= rope[2] and hi >= rope[1]:  # the two spreads overlap
+                unranked.append(f"{arch} {pe}")
+    if unranked:
+        print(f"\nwarning: the step times of {', '.join(unranked)} overlap RoPE's (min - max): this run cannot rank them "
+              f"against RoPE, their x RoPE is within the noise (more --repeats or a quieter machine may separate them)")
 else:
-    print('| arch | pe | ' + ' | '.join(f'{ev}x = {ev * block_size}: ms, memory' for ev in ev_list) + ' |')
+    print('| arch | pe | ' + ' | '.join(f'{ev}x = {ev * block_size}: ms (min - max), memory' for ev in ev_list) + ' |')
     print('|---|---|' + '---|' * len(ev_list))
     for arch in arch_list:
         for pe in pe_list:
             cells = []
             for ev in ev_list:
                 r = bench_eval(pe, arch, ev)
-                cells.append('n/a' if r is None else r if isinstance(r, str) else f"{1000 * r[0]:.1f}, {r[1]}")
+                cells.append('n/a' if r is None else r if isinstance(r, str) else
+                             f"{1000 * r[0][0]:.1f} ({1000 * r[0][1]:.1f} - {1000 * r[0][2]:.1f}), {r[1]}")
             print(f"| {arch} | {pe} | " + ' | '.join(cells) + ' |')

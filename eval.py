@@ -6,8 +6,10 @@ $ python eval.py --ev 4 --scale 0.5               # 4x, positions scaled by 1/2 
 $ python eval.py --ckpt out/expe out/rope --out out/eval
 
 Protocol: every cell averages the cross-entropy (nats/token) of the SAME target tokens: one fixed
-stretch at the start of the val split, cut into non-overlapping windows of ev x block_size tokens.
-Longer windows only give those tokens more context. Windows may cross document boundaries (EOT).
+stretch at the start of the val split (--windows x 16 x block_size tokens, whichever --ev are asked),
+cut into non-overlapping windows of ev x block_size tokens. Longer windows only give those tokens
+more context. Windows may cross document boundaries (EOT). An earlier eval in --out is kept unless
+--overwrite is given.
 """
 import argparse
 import csv
@@ -23,6 +25,8 @@ import torch.nn.functional as F
 
 from model import load_checkpoint
 from prepare import get_tokenizer, load_meta, read_shard, shard_paths
+
+STRETCH_EV = 16  # the stretch is cut for 16x (or the largest --ev), so a cell's tokens never depend on the other --ev
 
 
 def load_models(paths, device):
@@ -67,6 +71,16 @@ def cannot_run(model, length, scale=1.0):
     return ''
 
 
+OUT_FILES = ('eval.md', 'eval.json', 'per_position.csv', 'per_position.png')
+
+
+def refuse_overwrite(out, names, overwrite):
+    """Exit with one line if `out` already holds one of `names` and --overwrite was not given."""
+    found = [n for n in names if os.path.exists(os.path.join(out, n))]
+    if found and not overwrite:
+        sys.exit(f"error: {out} already holds an earlier run ({', '.join(found)}): pass another --out, or --overwrite to replace it")
+
+
 def val_tokens(data_dir, n):
     """The first n tokens of the val split (shards concatenated in order)."""
     parts, have = [], 0
@@ -98,10 +112,11 @@ def main():
     p.add_argument('--ckpt', nargs='+', default=['out'], help="out_dirs (or ckpt.pt files) to evaluate, one table row each")
     p.add_argument('--ev', nargs='+', type=int, default=[1, 2, 4, 8, 16], help="multiples of the training length")
     p.add_argument('--scale', type=float, default=1.0, help="pos_scale: positions (or ExPE values) multiplied by this")
-    p.add_argument('--windows', type=int, default=16, help="windows at the longest length; sets the tokens per cell")
+    p.add_argument('--windows', type=int, default=16, help="windows at 16x (or the largest --ev); sets the tokens per cell")
     p.add_argument('--data-dir', default='', help="val shards to use (default: the checkpoint's data_dir)")
     p.add_argument('--batch-tokens', type=int, default=32768, help="tokens per forward pass (lower it if memory runs out)")
     p.add_argument('--out', default='out/eval', help="folder for eval.json, eval.md, per_position.csv/.png")
+    p.add_argument('--overwrite', action='store_true', help="replace an earlier eval in --out (else refused)")
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--dtype', default='', help="float32 | bfloat16 (default: bfloat16 on cuda, else float32)")
     args = p.parse_args()
@@ -111,6 +126,7 @@ def main():
         sys.exit(f"error: --scale {args.scale}: pos_scale must be a finite number > 0 (1 = as trained)")
     if args.batch_tokens < 1:
         sys.exit(f"error: --batch-tokens {args.batch_tokens}: use a positive number of tokens per forward pass")
+    refuse_overwrite(args.out, OUT_FILES, args.overwrite)
     loaded = load_models(args.ckpt, args.device)  # checks the device first
     ctx = autocast(args.device, args.dtype)
     try:  # now, not after the whole evaluation
@@ -118,8 +134,9 @@ def main():
     except OSError as e:
         sys.exit(f"error: cannot write --out {args.out} ({e.strerror}): choose a folder you can write to")
     max_ev = max(args.ev)
-    longest = max_ev * max(m.config.block_size for _, m, _ in loaded)
-    n_tokens = args.windows * longest
+    T_max = max(m.config.block_size for _, m, _ in loaded)
+    longest, stretch = max_ev * T_max, max(STRETCH_EV, max_ev) * T_max
+    n_tokens = args.windows * stretch
     rows, curves = [], {}
     for path, model, ckpt in loaded:
         T, pe = model.config.block_size, model.config.pe
@@ -135,7 +152,8 @@ def main():
         if len(tokens) < longest + 1:
             sys.exit(f"error: the val split of {data_dir} has {len(tokens)} tokens, fewer than one window of "
                      f"{longest}: prepare more val data or lower --ev")
-        tokens = tokens[:(len(tokens) - 1) // longest * longest + 1]  # whole windows at every length
+        unit = stretch if len(tokens) > stretch else longest  # a short val split: whole windows of the asked lengths
+        tokens = tokens[:(len(tokens) - 1) // unit * unit + 1]  # whole windows at every length
         model.config.pos_scale = args.scale
         row = {'ckpt': path, 'pe': pe, 'arch': model.config.arch, 'scale': args.scale, 'block_size': T,
                'data_dir': data_dir, 'iter': ckpt.get('iter_num'), 'cells': {}}
@@ -178,11 +196,11 @@ def main():
     with open(os.path.join(args.out, 'eval.json'), 'w') as f:
         json.dump({'ev': args.ev, 'scale': args.scale, 'tokens_per_cell': n_tokens, 'rows': rows}, f, indent=1)
     if curves:
-        write_curves(curves, max_ev, args.out)
+        write_curves(curves, max_ev, args.scale, args.out)
     print(f"wrote {args.out}/eval.md, eval.json" + (", per_position.csv, per_position.png" if curves else ''), file=sys.stderr)
 
 
-def write_curves(curves, ev, out):
+def write_curves(curves, ev, scale, out):
     """Per-position mean loss at the longest length: CSV (raw) and PNG (smoothed)."""
     length = max(len(c) for c, _, _ in curves.values())
     with open(os.path.join(out, 'per_position.csv'), 'w', newline='') as f:
@@ -202,7 +220,7 @@ def write_curves(curves, ev, out):
     ax.axvline(T, color='k', ls='--', lw=0.8, label=f'training length {T}')
     ax.set_xlabel('position in window')
     ax.set_ylabel('loss (nats/token)')
-    ax.set_title(f'Per-position val loss at {ev}x the training length')
+    ax.set_title(f'Per-position val loss at {ev}x the training length' + (f', positions scaled by {scale:g}' if scale != 1 else ''))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out, 'per_position.png'), dpi=120)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from eval import autocast, cannot_run, load_models, tokenizer_of
+from eval import autocast, cannot_run, load_models, refuse_overwrite, tokenizer_of
 
 # -----------------------------------------------------------------------------
 # passkey retrieval; train.py's passkey mix draws its training rows from here too
@@ -125,13 +125,13 @@ def passkey_heatmap(grid, T, title, path):
     im = ax.imshow(acc, vmin=0, vmax=1, cmap='RdYlGn', aspect='auto')
     for i in range(len(depths)):
         for j in range(len(evs)):
-            ax.text(j, i, 'n/a' if np.isnan(acc[i, j]) else f"{100 * acc[i, j]:.0f}", ha='center', va='center', fontsize=9)
+            ax.text(j, i, 'n/a' if np.isnan(acc[i, j]) else f"{100 * acc[i, j]:.0f}%", ha='center', va='center', fontsize=9)
     ax.set_xticks(range(len(evs)), [f"{ev}x\n{ev * T}" for ev in evs])
     ax.set_yticks(range(len(depths)), [f"{100 * d:g}%" for d in depths])
     ax.set_xlabel('length (multiple of the training length, tokens)')
     ax.set_ylabel('key depth')
     ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, label='accuracy')
+    fig.colorbar(im, ax=ax, label='accuracy', format=matplotlib.ticker.PercentFormatter(1.0))  # as the cells
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -319,6 +319,7 @@ def main():
     p.add_argument('--tokenizer', default='', help="default: the one in the checkpoint's data meta.json")
     p.add_argument('--batch-tokens', type=int, default=32768, help="passkey tokens per forward pass")
     p.add_argument('--out', default='out/tasks', help="folder for tasks.md, tasks.json, passkey_*.png")
+    p.add_argument('--overwrite', action='store_true', help="replace an earlier run in --out (else refused)")
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--dtype', default='', help="float32 | bfloat16 (default: bfloat16 on cuda, else float32)")
     args = p.parse_args()
@@ -335,6 +336,7 @@ def main():
     files = dict(f.split('=', 1) for f in args.data_files if '=' in f)
     if len(files) != len(args.data_files) or set(files) - set(BENCHMARKS):
         sys.exit(f"error: --data-files takes TASK=FILE with TASK one of {', '.join(BENCHMARKS)}")
+    refuse_overwrite(args.out, ('tasks.md', 'tasks.json'), args.overwrite)
     loaded = load_models(args.ckpt, args.device)  # checks the device first
     args.ctx = autocast(args.device, args.dtype)
     try:

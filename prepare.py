@@ -37,7 +37,8 @@ HEADER_BYTES = HEADER_INTS * 4
 MAGIC = {20240520: (1, np.dtype("<u2")), 20240801: (7, np.dtype("<u4"))}  # magic -> (version, token dtype)
 HF_DATASETS = {"fineweb": "HuggingFaceFW/fineweb", "fineweb-edu": "HuggingFaceFW/fineweb-edu"}
 LOCAL_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-SETTINGS = ["dataset", "subset", "tokenizer", "min_doc_tokens", "max_tokens", "shard_tokens", "val_tokens"]
+SETTINGS = ["dataset", "subset", "tokenizer", "min_doc_tokens", "max_tokens", "shard_tokens", "val_tokens", "val_every"]
+VAL_EVERY = 10  # the first and every 10th kept document go to val (until --val-tokens): a small folder keeps 90% for train
 OWN_FILE = re.compile(r"meta\.json|(train|val)_\d{6}\.bin(\.tmp)?")  # all that prepare.py ever writes in its folders
 
 # -----------------------------------------------------------------------------
@@ -133,7 +134,7 @@ def get_tokenizer(name):
     return enc.encode_ordinary, enc.decode, enc.eot_token, enc.n_vocab
 
 # -----------------------------------------------------------------------------
-# documents: each source yields (split or None, name or None, text); split None = decided by --val-tokens
+# documents: each source yields (split or None, name or None, text); split None = decided by VAL_EVERY and --val-tokens
 
 def shakespeare_text(md):
     # minimal markdown -> plain text: the model should learn the play, not the markup
@@ -259,7 +260,9 @@ def build(args, tmp_dir):
             if len(tokens) - 1 < args.min_doc_tokens:  # EOT is not part of the document
                 skipped += 1
                 continue
-            split = split or ("val" if splits["val"]["tokens"] < args.val_tokens else "train")
+            if split is None:
+                kept = splits["val"]["documents"] + splits["train"]["documents"]
+                split = "val" if kept % VAL_EVERY == 0 and splits["val"]["tokens"] < args.val_tokens else "train"
             splits[split]["documents"] += 1
             splits[split]["tokens"] += len(tokens)
             if name is not None:
@@ -282,7 +285,11 @@ def build(args, tmp_dir):
         flush_train(fill)
     for split in ("val", "train"):
         if splits[split]["documents"] == 0:
-            raise ValueError(f"no {split} documents left: read {seen}, dropped {skipped} shorter than --min-doc-tokens {args.min_doc_tokens}")
+            why = f"read {seen}, dropped {skipped} shorter than --min-doc-tokens {args.min_doc_tokens}"
+            if split == "train" and splits["val"]["documents"] and args.val_every:
+                why += (f"; the {splits['val']['documents']} kept went to val (the first and every {args.val_every}th document): "
+                        f"give more documents (a .txt file is one document)" + (" or raise --max-tokens" if args.max_tokens else ""))
+            raise ValueError(f"no {split} documents left: {why}")
     write_shard(os.path.join(tmp_dir, "val_000000.bin"), np.concatenate(val_parts), vocab_size)
     splits["val"]["shards"] = ["val_000000.bin"]
 
@@ -343,7 +350,7 @@ def main(argv=None):
     parser.add_argument("--min-doc-tokens", type=int, default=0, help="drop documents shorter than this")
     parser.add_argument("--max-tokens", type=lambda s: int(float(s)), default=0, help="stop after this many tokens in total (0 = all)")
     parser.add_argument("--shard-tokens", type=lambda s: int(float(s)), default=100_000_000)
-    parser.add_argument("--val-tokens", type=lambda s: int(float(s)), default=None, help="first documents go to val until this many tokens (default 10M for fineweb, 1M for local paths)")
+    parser.add_argument("--val-tokens", type=lambda s: int(float(s)), default=None, help=f"the first and every {VAL_EVERY}th document go to val until it holds this many tokens (default 10M for fineweb, 1M for local paths)")
     parser.add_argument("--num-proc", type=int, default=max(1, (os.cpu_count() or 1) // 2))
     args = parser.parse_args(argv)
 
@@ -358,9 +365,10 @@ def main(argv=None):
     if args.dataset == "shakespeare":
         if args.val_tokens is not None:
             print("note: --val-tokens is ignored for shakespeare (val = 4 whole plays)")
-        args.val_tokens = None
-    elif args.val_tokens is None:
-        args.val_tokens = 10_000_000 if builtin else 1_000_000
+        args.val_tokens = args.val_every = None
+    else:
+        args.val_tokens = (10_000_000 if builtin else 1_000_000) if args.val_tokens is None else args.val_tokens
+        args.val_every = VAL_EVERY  # recorded in meta.json: a folder built by the older first-documents rule gets rebuilt
     args.tokenizer = args.tokenizer or ("byte" if args.dataset == "shakespeare" else "gpt2")
     if args.out_dir is None:
         base = args.dataset if builtin else os.path.splitext(os.path.basename(os.path.normpath(args.dataset)))[0]

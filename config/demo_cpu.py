@@ -1,6 +1,7 @@
 # The CPU demo: a tiny byte-level model on the embedded Shakespeare corpus, trained at 128 tokens and
-# evaluated at up to 16x (2048). Sized so that `bash demo.sh` (ExPE + RoPE) fits in ~15 minutes on
-# 2 CPU cores. Any pe works: python train.py config/demo_cpu.py --pe=alibi --out_dir=out/demo_alibi
+# evaluated at up to 16x (2048). Sized so that `bash demo.sh`, which trains three of them (ExPE, RoPE,
+# TAPE), runs in minutes on 2 CPU cores (README: the timed run). Any pe works:
+#   python train.py config/demo_cpu.py --pe=alibi --out_dir=out/demo_alibi
 out_dir = 'out/demo_expe'
 data_dir = 'data/shakespeare_byte'
 arch = 'gpt2'
@@ -18,4 +19,4 @@ warmup_iters = 50
 eval_interval = 250
 eval_iters = 20
 log_interval = 50
-compile = False            # compiling costs more than it saves on a 4-minute CPU run
+compile = False            # compiling costs more than it saves on a few minutes of CPU training

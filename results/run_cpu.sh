@@ -3,9 +3,12 @@
 #   bash results/run_cpu.sh            (from the repo root; JOBS=2 trains two runs at a time)
 # Every run is config/demo_cpu.py (byte-level Shakespeare, 4 x 128, T = 128, 1000 steps x 2,048
 # tokens) plus the overrides named below. Finished runs are skipped, interrupted ones resume.
+# Every process runs on one CPU thread, whatever JOBS is: the numbers depend on the thread count
+# in their last digits, and two runs at a time fill the 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-2}
+export OMP_NUM_THREADS=1
 OUT=out/results
 SEEDS="1337 1338"
 python prepare.py
@@ -20,7 +23,7 @@ train() {  # train OUT_NAME OVERRIDES...
     local resume=()
     [ -f "$dir/ckpt.pt" ] && resume=(--init_from=resume)
     echo "train $dir $*"
-    OMP_NUM_THREADS=$((2 / JOBS > 0 ? 2 / JOBS : 1)) python train.py config/demo_cpu.py --out_dir="$dir" "$@" "${resume[@]}" > "$log" 2>&1
+    python train.py config/demo_cpu.py --out_dir="$dir" "$@" "${resume[@]}" > "$log" 2>&1
 }
 
 runs=()
@@ -43,7 +46,7 @@ done
 wait
 echo "training wall time: $(( $(date +%s) - t0 )) s"
 
-ev() { python eval.py --windows 16 "$@"; }
+ev() { python eval.py --windows 16 --overwrite "$@"; }  # results/ holds the previous run's tables
 main=(); for pe in expe exqpe rope sinusoidal learned alibi nope tape fire t5 randpe xpos; do for s in $SEEDS; do main+=("$OUT/$pe-s$s"); done; done
 ev --ckpt "${main[@]}" --out results/cpu_main | tee results/cpu_main.txt
 scaled=(); for pe in expe exqpe rope; do for s in $SEEDS; do scaled+=("$OUT/$pe-s$s"); done; done

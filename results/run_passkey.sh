@@ -5,9 +5,11 @@
 # step 3000, then flat), half of the rows synthetic passkey examples. Two runs train at a time
 # (one thread each); interrupted and shorter runs resume, finished ones only re-evaluate. Then
 # eval_tasks.py (1x..16x x 5 depths x 10 keys per checkpoint, and 1x..4x with --scale 0.5),
-# results/passkey_probe.py, and eval.py for the same checkpoints' val loss.
+# results/passkey_probe.py, and eval.py for the same checkpoints' val loss. Every process runs on
+# one CPU thread (the numbers depend on the thread count in their last digits).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=1
 PES=${PES:-"expe rope tape alibi fire t5 randpe xpos"}
 mkdir -p out/logs
 python prepare.py
@@ -16,7 +18,7 @@ train() {  # train PE
     local dir=out/passkey_$1 resume=()
     [ -f "$dir/ckpt.pt" ] && resume=(--init_from=resume)  # a finished run only re-evaluates
     echo "train $dir"
-    OMP_NUM_THREADS=1 python train.py config/passkey_cpu.py --pe="$1" --out_dir="$dir" "${resume[@]}" >> "out/logs/passkey_$1.log" 2>&1
+    python train.py config/passkey_cpu.py --pe="$1" --out_dir="$dir" "${resume[@]}" >> "out/logs/passkey_$1.log" 2>&1
 }
 
 t0=$(date +%s)
@@ -31,7 +33,7 @@ done
 echo "training: $(( $(date +%s) - t0 )) s"
 ckpts=()
 for pe in $PES; do ckpts+=("out/passkey_$pe"); done
-python eval_tasks.py --ckpt "${ckpts[@]}" --tasks passkey --out results/cpu_passkey
-python eval_tasks.py --ckpt "${ckpts[@]}" --tasks passkey --ev 1 2 4 --scale 0.5 --out results/cpu_passkey/scaled
+python eval_tasks.py --ckpt "${ckpts[@]}" --tasks passkey --out results/cpu_passkey --overwrite
+python eval_tasks.py --ckpt "${ckpts[@]}" --tasks passkey --ev 1 2 4 --scale 0.5 --out results/cpu_passkey/scaled --overwrite
 python results/passkey_probe.py "${ckpts[@]}" > results/cpu_passkey/probe.md
-python eval.py --ckpt "${ckpts[@]}" --out results/cpu_passkey/loss
+python eval.py --ckpt "${ckpts[@]}" --out results/cpu_passkey/loss --overwrite

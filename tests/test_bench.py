@@ -17,26 +17,44 @@ def bench(*args):
 def test_train_mode_table():
     p, rows = bench('--pes=expe,rope,tape', '--archs=gpt2,llama')
     assert p.returncode == 0, p.stderr
-    assert rows[0] == ['| arch', 'pe', 'ms/step', 'tokens/s', 'MFU', 'peak memory', 'x RoPE |']
+    assert 'device cpu, 1 thread(s)' in p.stdout  # one thread unless asked
+    assert rows[0] == ['| arch', 'pe', 'ms/step', 'min - max', 'tokens/s', 'MFU', 'peak memory', 'x RoPE |']
     body = rows[1:]
     assert [(r[0].strip('| '), r[1]) for r in body] == [(a, pe) for a in ('gpt2', 'llama') for pe in ('expe', 'rope', 'tape')]
+    spread = {}
     for r in body:
-        ms, tok_s = float(r[2]), float(r[3].replace(',', ''))
+        ms, tok_s = float(r[2]), float(r[4].replace(',', ''))
+        lo, hi = map(float, r[3].split(' - '))
+        assert 0 < lo <= ms <= hi  # the median lies in the spread
+        spread[r[0].strip('| '), r[1]] = lo, hi
         # tokens/s = batch x T / step time; the printed ms (0.1) and tokens/s (1) are rounded
-        assert ms > 0 and 2 * 16 / ((ms + 0.06) / 1000) - 0.5 <= tok_s <= 2 * 16 / ((ms - 0.06) / 1000) + 0.5
-        assert r[4] == 'n/a' and r[5] == 'n/a'  # no MFU peak or CUDA memory on CPU
-    assert [r[6].strip(' |') for r in body if r[1] == 'rope'] == ['1.00', '1.00']
+        assert 2 * 16 / ((ms + 0.06) / 1000) - 0.5 <= tok_s <= 2 * 16 / ((ms - 0.06) / 1000) + 0.5
+        assert r[5] == 'n/a' and r[6] == 'n/a'  # no MFU peak or CUDA memory on CPU
+    assert [r[7].strip(' |') for r in body if r[1] == 'rope'] == ['1.00', '1.00']
+    # the warning names exactly the rows whose spread overlaps RoPE's (rows within printing precision of the edge skipped)
+    warning = [line for line in p.stdout.splitlines() if line.startswith('warning:')]
+    for (arch, pe), (lo, hi) in spread.items():
+        r_lo, r_hi = spread[arch, 'rope']
+        if pe == 'rope' or min(abs(lo - r_hi), abs(hi - r_lo)) < 0.15:
+            continue
+        named = bool(warning) and f"{arch} {pe}" in warning[0]
+        assert named == (lo <= r_hi and hi >= r_lo), (arch, pe, spread, warning)
 
 
 def test_eval_mode_table():
-    p, rows = bench('--mode=eval', '--evs=1,2', '--pes=expe,learned')
+    p, rows = bench('--mode=eval', '--evs=1,2', '--pes=expe,learned', '--threads=2')
     assert p.returncode == 0, p.stderr
-    assert rows[0][2:] == ['1x = 16: ms, memory', '2x = 32: ms, memory |']
+    assert 'device cpu, 2 thread(s)' in p.stdout
+    assert rows[0][2:] == ['1x = 16: ms (min - max), memory', '2x = 32: ms (min - max), memory |']
     expe, learned = rows[1], rows[2]
-    assert float(expe[2].split(',')[0]) > 0 and float(expe[3].split(',')[0]) > 0
+    for cell in expe[2:]:  # "median (min - max), memory"
+        ms, lo, hi = map(float, cell.split(',')[0].replace('(', '').replace(')', '').replace(' - ', ' ').split())
+        assert 0 < lo <= ms <= hi
     assert learned[3].strip(' |') == 'n/a'  # no position past block_size
 
 
 def test_bad_pe():
     p, _ = bench('--pes=expe,bogus')
     assert p.returncode != 0 and "unknown pe 'bogus'" in p.stderr and 'Traceback' not in p.stderr
+    p, _ = bench('--threads=-1')
+    assert p.returncode != 0 and 'threads=-1' in p.stderr and 'Traceback' not in p.stderr

@@ -5,9 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-# the r50k_base (gpt2) ranks are cached next to the repo; there is no internet here
-os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "tiktoken"))
-
 import numpy as np
 import pytest
 
@@ -214,7 +211,9 @@ def test_local_dataset(tmp_path, kind):
     cases = [(0, 0), (sorted(lengths)[len(lengths) // 2] + 1, 0), (0, int(cum[len(docs) // 2]))]
     for i, (min_doc_tokens, max_tokens) in enumerate(cases):
         expected = expected_stream(docs, min_doc_tokens, max_tokens)
-        val_tokens = len(expected[0]) + len(expected[1])  # exactly two documents: val stops once >= val_tokens
+        # val takes the first and every 10th kept document and stops once it holds >= val_tokens: here exactly two
+        val_docs, train_docs = [expected[0], expected[10]], [d for i, d in enumerate(expected) if i not in (0, 10)]
+        val_tokens = len(expected[0]) + len(expected[10])
         out_dir = tmp_path / f"out{i}"
         prepare.main(list(map(str, ["--dataset", path, "--tokenizer", "gpt2", "--val-tokens", val_tokens, "--shard-tokens", 200,
                       "--min-doc-tokens", min_doc_tokens, "--max-tokens", max_tokens, "--out-dir", out_dir, "--num-proc", 1])))
@@ -224,13 +223,27 @@ def test_local_dataset(tmp_path, kind):
         assert meta["skipped_documents"] == sum(n < min_doc_tokens for n in lengths)
         train = prepare.shard_paths(str(out_dir), "train")
         assert len(train) >= 2 and all(int(header(p)[2]) == 200 for p in train[:-1])
-        # shard 0 is val, then train, and together they are exactly the kept documents in order, each led by EOT
-        assert all_tokens(out_dir).tolist() == [t for toks in expected for t in toks]
+        # shard 0 is val, then train: exactly the kept documents, each led by EOT, in order within each split
+        assert all_tokens(out_dir).tolist() == [t for toks in val_docs + train_docs for t in toks]
         assert meta["splits"]["val"]["tokens"] + meta["splits"]["train"]["tokens"] == sum(map(len, expected))
         if min_doc_tokens:  # exactly the shorter documents are gone
             assert len(expected) == sum(n >= min_doc_tokens for n in lengths) < len(docs)
         if max_tokens:  # whole documents, stopping once the cap is reached
             assert sum(map(len, expected)) == max_tokens and len(expected) == len(docs) // 2 + 1
+
+def test_small_folder_default_split(tmp_path):
+    """A few .txt files (one document each) keep most documents for train under the default --val-tokens."""
+    docs = make_docs()[:4]
+    path = write_dataset(tmp_path, "txt", docs)
+    prepare.main(list(map(str, ["--dataset", path, "--out-dir", tmp_path / "out", "--num-proc", 1])))
+    splits = prepare.load_meta(str(tmp_path / "out"))["splits"]
+    assert (splits["val"]["documents"], splits["train"]["documents"]) == (1, 3)
+    # a single document cannot feed both splits: the error says where it went and what to do
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.txt").write_text(docs[0])
+    with pytest.raises(SystemExit, match=r"no train documents left: .*the 1 kept went to val .*give more documents"):
+        prepare.main(list(map(str, ["--dataset", one, "--out-dir", tmp_path / "out1", "--num-proc", 1])))
 
 def test_local_dataset_rerun_replaces_output(tmp_path, capsys):
     path = write_dataset(tmp_path, "jsonl", make_docs())

@@ -118,11 +118,15 @@ def test_eval_table(trained, data_dir, tmp_path):
     assert expe_row[1] == 'expe' and all(0 < float(c.strip(' |')) < 6 for c in expe_row[3:])
     assert learned_row[3].startswith('2.') or float(learned_row[3]) < 6
     assert 'n/a (pe=learned accepts at most 32 positions)' in learned_row[4]
-    assert 'same 256 target tokens' in p.stdout  # 2 windows x 4 x 32, at every length
+    assert 'same 1,024 target tokens' in p.stdout  # 2 windows x 16 x 32, at every length
     result = json.loads((out / 'eval.json').read_text())
     cells = result['rows'][0]['cells']
-    assert [cells[k]['windows'] for k in ('1', '2', '4')] == [8, 4, 2]
-    assert {cells[k]['tokens'] for k in ('1', '2', '4')} == {256}
+    assert [cells[k]['windows'] for k in ('1', '2', '4')] == [32, 16, 8]
+    assert {cells[k]['tokens'] for k in ('1', '2', '4')} == {1024}
+    # --ev 4 alone averages the same tokens as the table's 4x cell, so it gives the same number
+    alone = run('eval.py', '--ckpt', trained / 'expe', '--ev', 4, '--windows', 2, '--out', tmp_path / 'ev4', '--device', 'cpu')
+    assert 'same 1,024 target tokens' in alone.stdout
+    assert json.loads((tmp_path / 'ev4' / 'eval.json').read_text())['rows'][0]['cells']['4'] == cells['4']
     csv_lines = (out / 'per_position.csv').read_text().splitlines()
     assert len(csv_lines) == 1 + 4 * 32 and csv_lines[0].startswith('position,')
     assert (out / 'per_position.png').stat().st_size > 1000
@@ -135,7 +139,11 @@ def test_eval_scale(trained, tmp_path):
     assert rows[0].split(' | ')[2] == '0.5'
     assert 'n/a (pos_scale means nothing for pe=learned)' in rows[1]
     scaled = json.loads((tmp_path / 'eval.json').read_text())['rows'][0]['cells']['2']['loss']
-    run('eval.py', '--ckpt', trained / 'expe', '--ev', 2, '--windows', 1, '--out', tmp_path, '--device', 'cpu')
+    again = ['eval.py', '--ckpt', trained / 'expe', '--ev', 2, '--windows', 1, '--out', tmp_path, '--device', 'cpu']
+    before = (tmp_path / 'eval.json').read_bytes()
+    one_line_error(run(*again, check=False), str(tmp_path), '--overwrite')  # an earlier eval is never replaced silently
+    assert (tmp_path / 'eval.json').read_bytes() == before
+    run(*again, '--overwrite')
     plain = json.loads((tmp_path / 'eval.json').read_text())['rows'][0]['cells']['2']['loss']
     assert abs(scaled - plain) > 1e-6  # the scale reached the model
 
