@@ -41,14 +41,14 @@ class GPTConfig:
     norm_eps: float = 1e-5
     pos_scale: float = 1.0      # multiplies positions (inference-time interpolation); 1.0 = as trained
     # ExPE (Eq. 3): the first l dims of the Q/K input become S + θ(n+i)
-    expe_dims: int = 0          # l; 0 -> n_embd // 4 (the paper's value is lost; spec §8.1)
+    expe_dims: int = 0          # l; 0 -> n_embd // 4 (the paper's value is lost; docs/expe.md)
     expe_start: float = 0.0     # S (paper's example value)
     expe_theta: float = 0.0     # θ; 0 -> 1 / (2 * block_size) (paper's example value)
     expe_stable: bool = False   # ablation "p is stable": all l dims get S + θn
     expe_once: bool = False     # ablation "once": override only in the first block
     expe_learned: str = ''      # ablation: '' fixed, 'random' learned S/θ from random init, 'init' learned from S/θ
     expe_v: bool = False        # ablation: override the V input too
-    # ExQPE (reconstruction, spec §2): dim i holds S + δ·floor((n+i)/period)
+    # ExQPE (reconstruction, docs/expe.md): dim i holds S + δ·floor((n+i)/period)
     exqpe_step: float = 0.0     # δ; 0 -> the power of two nearest to l/(2T), so values are exact in bf16
     exqpe_period: int = 0       # 0 -> l (then exactly one dim steps by δ per position)
     rope_base: float = 10000.0  # rope, and tape's initial state

@@ -88,8 +88,9 @@ part2() {
 import json, statistics, sys
 log = [json.loads(l) for l in open(sys.argv[1] + '/log.jsonl') if 'tok_per_s' in l]
 later = [r['tok_per_s'] for r in log[len(log) // 2:]]  # the second half: compile and warm-up are over
-row = next(l for l in open(sys.argv[2]) if l.startswith('| ') and ' expe ' in l).split(' | ')
-bench = float(row[3].replace(',', ''))
+lines = [l.strip().strip('|').split('|') for l in open(sys.argv[2]) if l.startswith('| ')]
+col = [c.strip() for c in lines[0]].index('tokens/s')  # bench.py's header names its columns
+bench = float(next(r for r in lines if r[1].strip() == 'expe')[col].replace(',', ''))
 train = statistics.median(later)
 print('| | tokens/s |\n|---|---|')
 print(f'| train.py (median of the last {len(later)} logged intervals) | {train:,.0f} |')

@@ -1,5 +1,5 @@
 """Behaviour of model.py: every pe x arch (causality, KV cache, length, generate), the exact
-values ExPE/ExQPE write into the Q/K input (spec §1, §2, §6, §8), the other PEs against their
+values ExPE/ExQPE write into the Q/K input (docs/expe.md), the other PEs against their
 textbook formulas, config errors, training sanity, optimizer groups and checkpoints.
 Tiny fp32 configs on CPU; every random draw is seeded."""
 import math
@@ -190,7 +190,7 @@ def test_every_parameter_gets_a_gradient(pe, arch):
 
 
 # -----------------------------------------------------------------------------
-# ExPE (spec §1, §6, §8)
+# ExPE (docs/expe.md)
 
 def expe_expected(T, l=LDIM, S=0.0, theta=THETA, stable=False, scale=1.0):
     n = torch.arange(T, dtype=torch.float64)[:, None]
@@ -340,7 +340,7 @@ def test_knob_the_pe_would_ignore_is_refused(pe, knob, value):
 
 
 # -----------------------------------------------------------------------------
-# the residual stream never holds the position values (spec §1 "where", §8.5)
+# the residual stream never holds the position values (docs/expe.md)
 
 @pytest.mark.parametrize('arch', ARCHS)
 @pytest.mark.parametrize('pe', PES)
@@ -384,7 +384,7 @@ def test_block_output_is_input_plus_attn_plus_mlp(pe):
 
 
 # -----------------------------------------------------------------------------
-# ExQPE (spec §2)
+# ExQPE (docs/expe.md)
 
 def is_power_of_two(v):
     return v > 0 and math.frexp(v)[0] == 0.5
