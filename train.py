@@ -255,7 +255,10 @@ if init_from not in ('scratch', 'resume'):  # a new run on another run's weights
     parent = {'path': parent_path, 'iter_num': checkpoint.get('iter_num'), 'model_args': checkpoint['model_args'],
               'config': checkpoint.get('config'), 'parent': checkpoint.get('parent')}
 
-model = GPT(GPTConfig(**model_args))
+try:
+    model = GPT(GPTConfig(**model_args))  # the pe checks its own settings here (e.g. rope_base, rope_scaling)
+except ValueError as e:
+    die(e)
 if init_from not in ('scratch', 'resume'):
     try:
         start_from(model, checkpoint, parent['path'])  # refuses what the weights cannot carry, in one line
