@@ -361,7 +361,7 @@ CASES = [
     ('train init_from over a checkpoint', [*TRAIN, '--init_from={ckpt}'], ['already holds a checkpoint', '--overwrite=True'], copy_run),
     ('train trainable unknown', [*TRAIN, '--trainable=pe,bogus'], ["trainable='pe,bogus'", 'wte', 'norm']),
     ('train trainable selects nothing', [*TRAIN, '--pe=rope', '--trainable=pe'], ['selects no parameter', 'pe=rope']),
-    ('train rope_base<1 (a pe's own check)', [*TRAIN, '--pe=rope', '--rope_base=0.5'], ['rope_base=0.5']),
+    ('train rope_base<1 (a check of the pe itself)', [*TRAIN, '--pe=rope', '--rope_base=0.5'], ['rope_base=0.5']),
     ('train rope_scaling unknown', [*TRAIN, '--pe=rope', '--rope_scaling=linear'], ["rope_scaling='linear'", 'pos_scale']),
     ('train rope_scaling=yarn without rope_original', [*TRAIN, '--pe=rope', '--rope_scaling=yarn', '--rope_factor=2'],
      ['needs rope_original']),
