@@ -52,5 +52,5 @@ T = first['rows'][0]['block_size']
 curves = {pe: (np.mean(cs, axis=0), T, pe) for pe, cs in by_pe.items()}
 out = os.path.join(os.path.dirname(os.path.dirname(paths[0])), 'cpu_per_position')
 os.makedirs(out, exist_ok=True)
-write_curves(curves, max(first['ev']), out)
+write_curves(curves, max(first['ev']), first['rows'][0]['scale'], out)
 print(f"\nPer-position plot (seeds averaged): {out}/per_position.png", file=sys.stderr)
