@@ -271,7 +271,7 @@ class ExPE(PE):
         super().__init__(config)
         c = config
         self.l = c.expe_dims or c.n_embd // 4
-        self.theta = self.spacing(c)
+        self.theta = self.spacing(c)  # (ExQPE's δ, which it calls step)
         if c.expe_learned in ('random', 'init'):  # two trainable scalars (S, θ) shared by all blocks
             self.params = nn.Parameter(torch.randn(2) * 0.02 if c.expe_learned == 'random'
                                        else torch.tensor([c.expe_start, self.theta]))
@@ -473,6 +473,7 @@ def xpos_scale(pos, head_dim, gamma, scale_base):
 
 class XPos(PE):
     knobs = ('rope_base', 'xpos_gamma', 'xpos_scale_base')
+    retunable = ('rope_base',)
     scalable = True  # positions x s, in the rotation and the decay
 
     def check(self):
@@ -1180,11 +1181,13 @@ def start_from(model, ckpt, path):
     except ValueError as e:
         raise ValueError(f"{path}: {e}")
     state, own = checkpoint_state(ckpt, path), model.state_dict()
-    new = [k for k in own if k not in state and not (c.pe != parent.pe and k.startswith('pe.'))]  # its own parts are new
-    for k in [k for k in state if k not in own] + new + [k for k in state if k in own and state[k].shape != own[k].shape]:
-        where = 'not in this model' if k not in own else 'missing from it' if k not in state else \
-            f"{tuple(state[k].shape)} there, {tuple(own[k].shape)} here"
-        raise ValueError(f"{path} cannot give this model its weights: {k} is {where} (the settings that shape it differ)")
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state and not (c.pe != parent.pe and k.startswith('pe.'))]  # a new pe's are new
+    reshaped = [k for k in state if k in own and state[k].shape != own[k].shape]
+    for k in unexpected + missing + reshaped:
+        where = ('not in this model' if k in unexpected else 'missing from it' if k in missing else
+                 f"{tuple(state[k].shape)} there, {tuple(own[k].shape)} here")
+        raise ValueError(f"{path} cannot give this model its weights: {k} is {where}")
     model.load_state_dict(state, strict=False)
 
 
