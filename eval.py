@@ -4,6 +4,7 @@ Loss at 1x to 16x the training length, for one or more checkpoints, as ONE markd
 $ python eval.py                                  # out/ckpt.pt at 1 2 4 8 16 x block_size
 $ python eval.py --ev 4 --scale 0.5               # 4x, positions scaled by 1/2 (interpolation)
 $ python eval.py --ckpt out/expe out/rope --out out/eval
+$ python eval.py --ckpt out/rope --set block_size=256 rope_scaling=yarn rope_factor=2 rope_original=128   # YaRN, 1x = 256
 
 Protocol: every cell averages the cross-entropy (nats/token) of the SAME target tokens: one fixed
 stretch at the start of the val split (--windows x 16 x block_size tokens, whichever --ev are asked),
@@ -13,6 +14,8 @@ more context. Windows may cross document boundaries (EOT). An earlier eval in --
 """
 import argparse
 import csv
+from ast import literal_eval
+from dataclasses import fields
 import json
 import math
 import os
@@ -23,16 +26,37 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import load_checkpoint
+from model import GPTConfig, load_checkpoint
 from prepare import get_tokenizer, load_meta, read_shard, shard_paths
 
 STRETCH_EV = 16  # the stretch is cut for 16x (or the largest --ev), so a cell's tokens never depend on the other --ev
 
 
-def load_models(paths, device):
-    """[(path, model, ckpt)] for out_dirs or ckpt.pt files, in eval mode; exits with one line on bad input."""
+def parse_settings(items):
+    """--set KEY=VALUE ... -> {GPTConfig field: value of its type}; exits with one line on a bad item."""
+    defaults = {f.name: f.default for f in fields(GPTConfig)}
+    settings = {}
+    for item in items:
+        key, eq, text = item.partition('=')
+        if not eq or key not in defaults:
+            sys.exit(f"error: --set {item}: use KEY=VALUE, KEY a model setting (a GPTConfig field of model.py)")
+        want = type(defaults[key])
+        try:
+            value = text if want is str else literal_eval(text)
+        except (SyntaxError, ValueError):
+            value = text
+        value = float(value) if want is float and type(value) is int else value
+        if type(value) is not want:
+            sys.exit(f"error: --set {item}: {key} takes a {want.__name__}")
+        settings[key] = value
+    return settings
+
+
+def load_models(paths, device, settings=None):
+    """[(path, model, ckpt)] for out_dirs or ckpt.pt files, in eval mode; settings: GPTConfig fields to
+    change (--set), as far as the weights carry them (model.start_from). Exits with one line on bad input."""
     try:
-        loaded = [(path, *load_checkpoint(path, device)) for path in paths]
+        loaded = [(path, *load_checkpoint(path, device, settings)) for path in paths]
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     for _, model, _ in loaded:
@@ -111,7 +135,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--ckpt', nargs='+', default=['out'], help="out_dirs (or ckpt.pt files) to evaluate, one table row each")
     p.add_argument('--ev', nargs='+', type=int, default=[1, 2, 4, 8, 16], help="multiples of the training length")
-    p.add_argument('--scale', type=float, default=1.0, help="pos_scale: positions (or ExPE values) multiplied by this")
+    p.add_argument('--scale', type=float, default=None, help="pos_scale: positions (or ExPE values) multiplied by this "
+                   "(default: the checkpoint's own, 1 unless it was trained with another)")
+    p.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE',
+                   help="model settings to evaluate with, those the weights carry: block_size (the 1x length), pos_scale, "
+                        "rope_scaling, rope_factor, ... (README, 'Context extension')")
     p.add_argument('--windows', type=int, default=16, help="windows at 16x (or the largest --ev); sets the tokens per cell")
     p.add_argument('--data-dir', default='', help="val shards to use (default: the checkpoint's data_dir)")
     p.add_argument('--batch-tokens', type=int, default=32768, help="tokens per forward pass (lower it if memory runs out)")
@@ -122,12 +150,15 @@ def main():
     args = p.parse_args()
     if any(e < 1 for e in args.ev) or args.windows < 1:
         sys.exit("error: --ev multiples and --windows must be positive integers")
-    if not (math.isfinite(args.scale) and args.scale > 0):
+    if args.scale is not None and not (math.isfinite(args.scale) and args.scale > 0):
         sys.exit(f"error: --scale {args.scale}: pos_scale must be a finite number > 0 (1 = as trained)")
     if args.batch_tokens < 1:
         sys.exit(f"error: --batch-tokens {args.batch_tokens}: use a positive number of tokens per forward pass")
+    settings = parse_settings(args.set)
+    if args.scale is not None and 'pos_scale' in settings:
+        sys.exit("error: --scale and --set pos_scale=... say the same thing: give one")
     refuse_overwrite(args.out, OUT_FILES, args.overwrite)
-    loaded = load_models(args.ckpt, args.device)  # checks the device first
+    loaded = load_models(args.ckpt, args.device, settings)  # checks the device first
     ctx = autocast(args.device, args.dtype)
     try:  # now, not after the whole evaluation
         os.makedirs(args.out, exist_ok=True)
@@ -154,12 +185,13 @@ def main():
                      f"{longest}: prepare more val data or lower --ev")
         unit = stretch if len(tokens) > stretch else longest  # a short val split: whole windows of the asked lengths
         tokens = tokens[:(len(tokens) - 1) // unit * unit + 1]  # whole windows at every length
-        model.config.pos_scale = args.scale
-        row = {'ckpt': path, 'pe': pe, 'arch': model.config.arch, 'scale': args.scale, 'block_size': T,
+        scale = model.config.pos_scale if args.scale is None else args.scale
+        model.config.pos_scale = scale
+        row = {'ckpt': path, 'pe': pe, 'arch': model.config.arch, 'scale': scale, 'block_size': T, 'set': settings,
                'data_dir': data_dir, 'iter': ckpt.get('iter_num'), 'cells': {}}
         for ev in args.ev:
             cell = {'length': ev * T}
-            na = cannot_run(model, ev * T, args.scale)
+            na = cannot_run(model, ev * T, scale)
             try:
                 if na:
                     cell['na'] = na
@@ -181,7 +213,8 @@ def main():
     lines = [head, '|' + '---|' * (3 + len(args.ev))]
     for r in rows:
         cells = [f"{c['loss']:.4f}" if 'loss' in c else f"n/a ({c['na']})" for c in r['cells'].values()]
-        lines.append(f"| {r['ckpt']} | {r['pe']} | {r['scale']:g} | " + ' | '.join(cells) + ' |')
+        name = r['ckpt'] + ''.join(f" {k}={v}" for k, v in r['set'].items() if k != 'pos_scale')
+        lines.append(f"| {name} | {r['pe']} | {r['scale']:g} | " + ' | '.join(cells) + ' |')
     counts = sorted({c['tokens'] for r in rows for c in r['cells'].values() if 'tokens' in c})
     lengths = ', '.join(f"{ev}x = {ev * rows[0]['block_size']}" for ev in args.ev)
     lines.append('')
@@ -194,9 +227,9 @@ def main():
     with open(os.path.join(args.out, 'eval.md'), 'w') as f:
         f.write(table + '\n')
     with open(os.path.join(args.out, 'eval.json'), 'w') as f:
-        json.dump({'ev': args.ev, 'scale': args.scale, 'tokens_per_cell': n_tokens, 'rows': rows}, f, indent=1)
+        json.dump({'ev': args.ev, 'scale': args.scale, 'set': settings, 'tokens_per_cell': n_tokens, 'rows': rows}, f, indent=1)
     if curves:
-        write_curves(curves, max_ev, args.scale, args.out)
+        write_curves(curves, max_ev, args.scale or 1.0, args.out)
     print(f"wrote {args.out}/eval.md, eval.json" + (", per_position.csv, per_position.png" if curves else ''), file=sys.stderr)
 
 

