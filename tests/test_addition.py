@@ -142,7 +142,8 @@ def test_the_grid_shape_and_its_groups():
     got = {g: addition_group(result, g) for g in ADDITION_GROUPS}
     assert got == {'ID': '100.0%', 'OOD': '0.0%', 'OOD N+1..2N': '0.0%', 'OOD 2N+1..': '0.0%', '2N x 2N': '25.0%'}
     small = run_addition(Adder(), encode, EOT, 3, grid_args(digits=5), 'test')
-    assert list(small['grid']) == [1, 2, 3, 4, 5] and addition_group(small, 'OOD 2N+1..') == 'n/a (outside --digits)'
+    assert list(small['grid']) == [1, 2, 3, 4, 5] and addition_group(small, 'OOD') == '100.0%'
+    assert addition_group(small, 'OOD N+1..2N') == addition_group(small, '2N x 2N') == 'n/a (needs --digits >= 6)'
     # the same seed draws the same problems in a cell, whatever the grid
     assert addition_problems(0, 4, 2, 6) == addition_problems(0, 4, 2, 6) != addition_problems(1, 4, 2, 6)
     assert all(len(str(a)) == 4 and len(str(b)) == 2 for a, b in addition_problems(0, 4, 2, 6))
