@@ -16,7 +16,7 @@ mkdir -p "$OUT" results/addition
 
 train() {  # train PE SEED
     local dir=$OUT/$1-s$2
-    if [ -f "$dir/ckpt.pt" ] && python -c "import torch,sys; c=torch.load('$dir/ckpt.pt',weights_only=False); sys.exit(c['iter_num']<c['config']['max_iters'])"; then
+    if [ -f "$dir/ckpt.pt" ] && python -c "import torch,sys; c=torch.load('$dir/ckpt.pt',weights_only=True); sys.exit(c['iter_num']<c['config']['max_iters'])"; then
         echo "skip $dir (finished)"; return
     fi
     local resume=()
