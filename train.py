@@ -28,9 +28,9 @@ import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from eval_tasks import passkey_row
 from model import PARAM_GROUPS, GPT, GPTConfig, check_config, peak_flops, read_checkpoint, start_from
 from prepare import get_tokenizer, load_meta, read_shard, shard_paths
+from synthetic import addition_len, addition_row, passkey_row
 
 # -----------------------------------------------------------------------------
 # default config values; override with a config file and/or --key=value
@@ -49,7 +49,9 @@ seed = 1337               # seeds the weights and every batch: a resume must kee
 data_dir = 'data/shakespeare_byte'  # shards written by prepare.py
 gradient_accumulation_steps = 1     # total over all processes
 batch_size = 16                     # micro-batch per process
-passkey_frac = 0.0        # chance that a training row is a synthetic passkey example (eval_tasks.py), not corpus text
+passkey_frac = 0.0        # chance that a training row is a synthetic passkey example (synthetic.py), not corpus text
+addition_digits = 0       # N > 0: every train and val row is a synthetic addition problem (synthetic.py), operands of
+                          # 1..N digits, loss on the answer only; no shards are read (byte-level characters)
 # model: every GPTConfig field (model.py) is a key here, with GPTConfig's default unless set below
 globals().update({f.name: f.default for f in fields(GPTConfig)})
 block_size = 256          # the training length T
@@ -152,9 +154,9 @@ if master_process:
 # from an RNG seeded by (seed, rank, split, fixed, k), so the loader's whole state is the counter k,
 # and a resumed run sees exactly the batches the uninterrupted run would have seen.
 try:
-    shard_files = {split: shard_paths(data_dir, split) for split in ('train', 'val')}
+    shard_files = {split: [] if addition_digits else shard_paths(data_dir, split) for split in ('train', 'val')}
     shards = {split: [read_shard(p) for p in paths] for split, paths in shard_files.items()}
-    meta = load_meta(data_dir)
+    meta = {'tokenizer': 'byte', 'vocab_size': 257, 'eot': 256} if addition_digits else load_meta(data_dir)
 except (FileNotFoundError, ValueError) as e:
     die(e)
 for split, ss in shards.items():
@@ -169,6 +171,8 @@ elif meta.get('vocab_size', 0) > vocab_size:
 data_vocab = meta.get('vocab_size') or vocab_size  # token ids must stay below it (the model's may be padded)
 if not 0.0 <= passkey_frac <= 1.0:
     die(f"passkey_frac={passkey_frac} is a probability: use a value from 0 to 1")
+if addition_digits < 0 or (addition_digits and passkey_frac):
+    die(f"addition_digits={addition_digits}: use 0 (corpus text) or N > 0 (addition problems only, with passkey_frac=0)")
 if passkey_frac:  # the passkey text is tokenized like the corpus
     if 'tokenizer' not in meta:
         die(f"passkey_frac needs the tokenizer of the data, but {data_dir} has no meta.json naming it: prepare it with prepare.py")
@@ -180,10 +184,29 @@ if passkey_frac:  # the passkey text is tokenized like the corpus
         passkey_row(encode, eot, block_size + 1, np.random.default_rng(0))
     except ValueError as e:
         die(f"passkey_frac: {e} = block_size+1: raise block_size or set passkey_frac=0")
+if addition_digits:
+    encode, _, eot, _ = get_tokenizer('byte')
+    if block_size < addition_len(addition_digits, addition_digits):
+        die(f"addition_digits={addition_digits}: the longest problem needs block_size >= {addition_len(addition_digits, addition_digits)} "
+            f"tokens, not {block_size}: raise block_size or lower addition_digits")
 
 
 def get_batch(split, k, fixed=False):
     rng = np.random.default_rng((seed, ddp_rank, split == 'val', fixed, k))
+    if addition_digits:  # one problem per row, val a fixed seeded set too; targets -1 outside the answer
+        x, y = map(torch.tensor, zip(*[addition_row(encode, eot, block_size, addition_digits, rng) for _ in range(batch_size)]))
+    else:
+        x, y = corpus_rows(split, rng)
+    # positions of a training batch, where the pe draws its own (None: 0..T-1); from the same RNG, so resume is exact
+    pos = raw_model.pe.train_positions(rng, batch_size, block_size) if split == 'train' and not fixed else None
+    pos = pos if pos is None else pos.to(device)
+    if device_type == 'cuda':  # pinned memory lets the copy overlap with compute
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True), pos
+    return x.to(device), y.to(device), pos
+
+
+def corpus_rows(split, rng):
+    """(x, y): windows of block_size+1 tokens from the split's shards; passkey examples replace some train rows."""
     ss = shards[split]
     weights = np.array([len(s) - block_size - 1 for s in ss], dtype=np.float64)
     which = rng.choice(len(ss), size=batch_size, p=weights / weights.sum())
@@ -199,13 +222,7 @@ def get_batch(split, k, fixed=False):
         for r in np.flatnonzero(rng.random(batch_size) < passkey_frac):
             rows[r] = torch.tensor(passkey_row(encode, eot, block_size + 1, rng))
     xy = torch.stack(rows)
-    x, y = xy[:, :-1], xy[:, 1:]
-    # positions of a training batch, where the pe draws its own (None: 0..T-1); from the same RNG, so resume is exact
-    pos = raw_model.pe.train_positions(rng, batch_size, block_size) if split == 'train' and not fixed else None
-    pos = pos if pos is None else pos.to(device)
-    if device_type == 'cuda':  # pinned memory lets the copy overlap with compute
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True), pos
-    return x.to(device), y.to(device), pos
+    return xy[:, :-1], xy[:, 1:]
 
 
 # -----------------------------------------------------------------------------

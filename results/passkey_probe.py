@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from eval import load_models, tokenizer_of  # noqa: E402
-from eval_tasks import passkey_example  # noqa: E402
+from synthetic import passkey_example  # noqa: E402
 
 KEYS = [12345, 40217, 77881, 50123, 91912, 33333, 60606, 24680, 11235, 98765]
 

@@ -1,5 +1,5 @@
-"""eval_tasks.py: passkey examples and scoring, train.py's passkey mix, and the benchmark loaders and
-scoring end to end on local files in each hub dataset's schema."""
+"""synthetic.py's passkey examples; eval_tasks.py's passkey scoring, train.py's passkey mix, and the
+benchmark loaders and scoring end to end on local files in each hub dataset's schema."""
 import json
 import os
 import random
@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import eval_tasks
-from eval_tasks import (FILLER, KEY_LINE, QUESTION, load_benchmark, option_logprobs, passkey_cell, passkey_example,
-                        passkey_row, run_benchmark, run_passkey)
+from eval_tasks import load_benchmark, option_logprobs, passkey_cell, run_benchmark, run_passkey
 from model import GPT, GPTConfig
 from prepare import get_tokenizer, write_shard
+from synthetic import FILLER, KEY_LINE, QUESTION, passkey_example, passkey_row
 from test_scripts import one_line_error, run
 
 BYTE = get_tokenizer('byte')
