@@ -244,17 +244,19 @@ def write_curves(curves, ev, scale, out):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, (c, T, pe) in curves.items():
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    colors = plt.get_cmap('tab10' if len(curves) <= 10 else 'tab20').colors  # one colour per line, even past 10
+    for i, (name, (c, T, pe)) in enumerate(curves.items()):
         k = max(1, T // 8)  # a moving average: single positions are noisy
         smooth = np.convolve(c, np.ones(k) / k, mode='valid')
-        ax.plot(np.arange(len(smooth)) + k // 2, smooth, label=name if name == pe else f"{name} ({pe})", lw=1.2)
+        ax.plot(np.arange(len(smooth)) + k // 2, smooth, label=name if name == pe else f"{name} ({pe})", lw=1.2,
+                color=colors[i % len(colors)], ls='-' if i < len(colors) else '--')
     T = min(T for _, T, _ in curves.values())
     ax.axvline(T, color='k', ls='--', lw=0.8, label=f'training length {T}')
     ax.set_xlabel('position in window')
     ax.set_ylabel('loss (nats/token)')
     ax.set_title(f'Per-position val loss at {ev}x the training length' + (f', positions scaled by {scale:g}' if scale != 1 else ''))
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))  # beside the plot: the lines stay visible
     fig.tight_layout()
     fig.savefig(os.path.join(out, 'per_position.png'), dpi=120)
 
