@@ -5,8 +5,9 @@
 # python eval_tasks.py --ckpt out/addition_rope --tasks addition --out out/addition_eval
 # Sizing so far (rope, one thread, 2-core machine; ~170 ms/step alone): seed 1337 reaches val loss
 # 0.02 and 97.4% in-distribution exact match at 2,800 steps; seed 1338 stays at val loss 0.63 (32.4%)
-# after 3,500. Learning the carries is a sudden, seed-dependent transition at this size: the
-# settings below are not yet ones that reach 95% for every seed (see results/run_addition.sh).
+# after 3,500. With batch 256, lr 1e-3, 1,500 steps (~500 ms/step): seed 1337 99.8% ID (val loss
+# 0.003), seed 1338 1.3% (1.41). Learning the carries is a sudden, seed-dependent transition at this
+# size: the settings below are not yet ones that reach 95% for every seed (see results/run_addition.sh).
 out_dir = 'out/addition_expe'
 arch = 'gpt2'
 pe = 'expe'
