@@ -156,9 +156,12 @@ if master_process:
 try:
     shard_files = {split: [] if addition_digits else shard_paths(data_dir, split) for split in ('train', 'val')}
     shards = {split: [read_shard(p) for p in paths] for split, paths in shard_files.items()}
-    meta = {'tokenizer': 'byte', 'vocab_size': 257, 'eot': 256} if addition_digits else load_meta(data_dir)
+    meta = None if addition_digits else load_meta(data_dir)
 except (FileNotFoundError, ValueError) as e:
     die(e)
+if addition_digits:  # characters, no shards: the byte tokenizer's own facts stand in for a meta.json
+    encode, _, eot, n_vocab = get_tokenizer('byte')
+    meta = {'tokenizer': 'byte', 'vocab_size': n_vocab, 'eot': eot}
 for split, ss in shards.items():
     if any(len(s) <= block_size + 1 for s in ss):
         die(f"a {split} shard in {data_dir} is shorter than block_size+1={block_size + 1} tokens: prepare more data or lower block_size")
@@ -184,11 +187,9 @@ if passkey_frac:  # the passkey text is tokenized like the corpus
         passkey_row(encode, eot, block_size + 1, np.random.default_rng(0))
     except ValueError as e:
         die(f"passkey_frac: {e} = block_size+1: raise block_size or set passkey_frac=0")
-if addition_digits:
-    encode, _, eot, _ = get_tokenizer('byte')
-    if block_size < addition_len(addition_digits, addition_digits):
-        die(f"addition_digits={addition_digits}: the longest problem needs block_size >= {addition_len(addition_digits, addition_digits)} "
-            f"tokens, not {block_size}: raise block_size or lower addition_digits")
+if addition_digits and block_size < addition_len(addition_digits, addition_digits):
+    die(f"addition_digits={addition_digits}: the longest problem needs block_size >= {addition_len(addition_digits, addition_digits)} "
+        f"tokens, not {block_size}: raise block_size or lower addition_digits")
 
 
 def get_batch(split, k, fixed=False):
