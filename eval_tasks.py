@@ -49,20 +49,33 @@ from synthetic import KEY_DIGITS, PromptTooLong, addition_example, addition_len,
 # passkey retrieval (the examples come from synthetic.py)
 
 @torch.no_grad()
+def answer_scores(model, examples, eot, batch_tokens, device, ctx):
+    """(hits, losses) for (ids, n_answer) examples whose last n_answer tokens are the answer: whether
+    greedy decoding yields the answer exactly, and its mean loss in nats/token. One teacher-forced pass:
+    greedy output equals the answer iff every answer token is the argmax given the ones before it.
+    Rows are right-padded with EOT, which causal attention never looks back at."""
+    width = max(len(e) for e, _ in examples)
+    bs = max(1, batch_tokens // width)
+    hits, losses = [], []
+    for i in range(0, len(examples), bs):
+        chunk = examples[i:i + bs]
+        ids = torch.full((len(chunk), width), eot, dtype=torch.long)
+        for row, (e, _) in enumerate(chunk):
+            ids[row, :len(e)] = torch.tensor(e)
+        ids = ids.to(device)
+        with ctx:
+            logits, _ = model(ids[:, :-1])
+        for row, (e, n) in enumerate(chunk):  # logits at t predict token t + 1
+            lg, target = logits[row, len(e) - 1 - n:len(e) - 1].float(), ids[row, len(e) - n:len(e)]
+            hits.append(bool((lg.argmax(-1) == target).all()))
+            losses.append(F.cross_entropy(lg, target).item())
+    return hits, losses
+
+
 def passkey_cell(model, encode, eot, length, depth, keys, batch_tokens, device, ctx):
     """(accuracy, mean answer loss in nats/token) over `keys`, every example `length` tokens long."""
     examples = [passkey_example(encode, eot, length, depth, k) for k in keys]
-    hits, losses = [], []
-    bs = max(1, batch_tokens // length)
-    for i in range(0, len(examples), bs):
-        chunk = examples[i:i + bs]
-        ids = torch.tensor([e for e, _ in chunk], device=device)
-        with ctx:
-            logits, _ = model(ids[:, :-1])
-        for row, (_, n) in enumerate(chunk):
-            lg, target = logits[row, -n:].float(), ids[row, -n:]
-            hits.append(bool((lg.argmax(-1) == target).all()))
-            losses.append(F.cross_entropy(lg, target).item())
+    hits, losses = answer_scores(model, examples, eot, batch_tokens, device, ctx)
     return float(np.mean(hits)), float(np.mean(losses))
 
 
@@ -124,28 +137,6 @@ def addition_problems(seed, a_digits, b_digits, n):
     return [(addition_operand(rng, a_digits), addition_operand(rng, b_digits)) for _ in range(n)]
 
 
-@torch.no_grad()
-def addition_hits(model, encode, eot, problems, batch_tokens, device, ctx):
-    """Whether greedy decoding answers each problem exactly (its digits, then EOT). Scored in one
-    teacher-forced pass: greedy output equals the answer iff every answer token is the argmax given
-    the ones before it. Rows are right-padded with EOT, which causal attention never looks back at."""
-    examples = [addition_example(encode, eot, a, b) for a, b in problems]
-    width = max(len(e) for e, _ in examples)
-    bs = max(1, batch_tokens // width)
-    hits = []
-    for i in range(0, len(examples), bs):
-        chunk = examples[i:i + bs]
-        ids = torch.full((len(chunk), width), eot, dtype=torch.long)
-        for row, (e, _) in enumerate(chunk):
-            ids[row, :len(e)] = torch.tensor(e)
-        with ctx:
-            logits, _ = model(ids[:, :-1].to(device))
-        guess = logits.argmax(-1).cpu()
-        for row, (e, n) in enumerate(chunk):
-            hits.append(bool((guess[row, len(e) - 1 - n:len(e) - 1] == ids[row, len(e) - n:len(e)]).all()))
-    return hits
-
-
 def run_addition(model, encode, eot, N, args, desc):
     """{a digits: {b digits: cell}} for 1..D (D = --digits, default 4N): a cell holds acc and n, or na
     (why the model cannot take its longest problem); and the accuracy by answer length (digits)."""
@@ -161,7 +152,8 @@ def run_addition(model, encode, eot, N, args, desc):
                     grid[a][b] = {'na': na}
                 else:
                     problems = addition_problems(args.seed, a, b, args.problems)
-                    hits = addition_hits(model, encode, eot, problems, args.batch_tokens, args.device, args.ctx)
+                    hits, _ = answer_scores(model, [addition_example(encode, eot, x, y) for x, y in problems], eot,
+                                            args.batch_tokens, args.device, args.ctx)
                     grid[a][b] = {'acc': float(np.mean(hits)), 'n': len(hits)}
                     for (x, y), hit in zip(problems, hits):
                         by_len.setdefault(len(str(x + y)), []).append(hit)
