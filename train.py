@@ -437,14 +437,19 @@ def save_checkpoint():
     saved_iter = iter_num
 
 
-def on_ctrl_c(signum, frame):
-    if stop:  # a second Ctrl-C: stop now (an unfinished write only ever leaves ckpt.pt.tmp behind)
-        die(f"interrupted (Ctrl-C) at iter {iter_num}: {kept()}")
+def on_stop_signal(signum, frame):
+    if stop:  # a second signal: stop now (an unfinished write only ever leaves ckpt.pt.tmp behind)
+        die(f"interrupted ({signal_name(signum)}) at iter {iter_num}: {kept()}")
     stop.append(signum)
 
 
-stop = []  # Ctrl-C asks the loop to stop between steps, so a checkpoint being written is never cut short
-signal.signal(signal.SIGINT, on_ctrl_c)
+def signal_name(signum):
+    return 'Ctrl-C' if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+stop = []  # Ctrl-C, or a scheduler's SIGTERM, asks the loop to stop between steps, so a checkpoint being written is never cut short
+signal.signal(signal.SIGINT, on_stop_signal)
+signal.signal(signal.SIGTERM, on_stop_signal)  # what Slurm and torchrun send before they kill a job
 
 
 # -----------------------------------------------------------------------------
@@ -456,7 +461,7 @@ running_mfu = -1.0
 bad_iter = torch.tensor(-1, device=device)  # the first iteration with a non-finite loss, kept on the device: no sync per step
 while True:
     if stop:
-        die(f"interrupted (Ctrl-C) at iter {iter_num}: {kept()}")
+        die(f"interrupted ({signal_name(stop[0])}) at iter {iter_num}: {kept()}")
     lr = get_lr(iter_num) if decay_lr else learning_rate
     for group in optimizer.param_groups:
         group['lr'] = lr

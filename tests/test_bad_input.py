@@ -570,7 +570,8 @@ def test_one_run_per_out_dir_and_a_killed_run_leaves_no_stuck_lock(env, tmp_path
     assert all(r.get('loss') != 123.0 for r in log_of(out))
 
 
-def test_ctrl_c_stops_with_one_line_and_an_intact_checkpoint(env, tmp_path):
+@pytest.mark.parametrize('sig,name', [(signal.SIGINT, 'Ctrl-C'), (signal.SIGTERM, 'SIGTERM')])
+def test_ctrl_c_stops_with_one_line_and_an_intact_checkpoint(env, tmp_path, sig, name):
     out = tmp_path / 'out'
     p = start(['train.py', *TINY, f"--data_dir={env['data']}", f'--out_dir={out}', '--max_iters=100000',
                '--eval_interval=5', '--log_interval=1'], tmp_path / 'a')
@@ -578,9 +579,9 @@ def test_ctrl_c_stops_with_one_line_and_an_intact_checkpoint(env, tmp_path):
     while not ((out / 'ckpt.pt').exists() and any(r.get('iter', 0) > 6 for r in log_of(out))):
         assert time.time() < deadline and p.is_alive(), p.err_path.read_text()
         time.sleep(0.05)
-    os.kill(p.pid, signal.SIGINT)
+    os.kill(p.pid, sig)  # SIGTERM: what a cluster scheduler sends before it kills a job
     r = finish(p)
-    one_line_error(r, 'interrupted (Ctrl-C)', 'is intact', '--init_from=resume')
+    one_line_error(r, f'interrupted ({name})', 'is intact', '--init_from=resume')
     model, ckpt = M.load_checkpoint(str(out))
     assert ckpt['iter_num'] % 5 == 0 and ckpt['iter_num'] >= 5 and not (out / 'ckpt.pt.tmp').exists()
 
