@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Passkey retrieval at CPU scale (results/README.md, "Passkey retrieval"), end to end:
-#   bash results/run_passkey.sh          (from the repo root; PES="expe rope" for fewer runs)
+#   bash results/run_passkey.sh          (from the repo root; PES="expe rope" for fewer runs,
+#                                         RESULTS=folder to write the tables elsewhere)
 # Each run is config/passkey_cpu.py: the demo model (T = 128), 6000 steps x 16 rows (cosine to
 # step 3000, then flat), half of the rows synthetic passkey examples. Two runs train at a time
 # (one thread each); interrupted and shorter runs resume, finished ones only re-evaluate. Then
@@ -11,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 PES=${PES:-"expe rope tape alibi fire t5 randpe xpos"}
+RESULTS=${RESULTS:-results/cpu_passkey}
 mkdir -p out/logs
 python prepare.py
 
@@ -33,7 +35,9 @@ done
 echo "training: $(( $(date +%s) - t0 )) s"
 ckpts=()
 for pe in $PES; do ckpts+=("out/passkey_$pe"); done
-python eval_tasks.py --ckpt "${ckpts[@]}" --tasks passkey --out results/cpu_passkey --overwrite
-python eval_tasks.py --ckpt "${ckpts[@]}" --tasks passkey --ev 1 2 4 --scale 0.5 --out results/cpu_passkey/scaled --overwrite
-python results/passkey_probe.py "${ckpts[@]}" > results/cpu_passkey/probe.md
-python eval.py --ckpt "${ckpts[@]}" --out results/cpu_passkey/loss --overwrite
+t0=$(date +%s)
+python eval_tasks.py --ckpt "${ckpts[@]}" --tasks passkey --out "$RESULTS" --overwrite
+python eval_tasks.py --ckpt "${ckpts[@]}" --tasks passkey --ev 1 2 4 --scale 0.5 --out "$RESULTS/scaled" --overwrite
+python results/passkey_probe.py "${ckpts[@]}" > "$RESULTS/probe.md"
+python eval.py --ckpt "${ckpts[@]}" --out "$RESULTS/loss" --overwrite
+echo "eval: $(( $(date +%s) - t0 )) s"
