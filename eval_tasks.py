@@ -175,17 +175,23 @@ ADDITION_GROUPS = {  # name: (which cells it pools, given the longer operand's d
 }
 
 
-def addition_group(result, name):
-    """Accuracy pooled over the group's cells (each holds the same number of problems), as a table cell."""
+def addition_pooled(result, name):
+    """(accuracy pooled over the group's cells that ran, or None; cells that ran; cells; why none ran)."""
     pools, needs = ADDITION_GROUPS[name]
     N = result['N']
     if result['digits'] < needs(N):
-        return f"n/a (needs --digits >= {needs(N)})"
+        return None, 0, 0, f"needs --digits >= {needs(N)}"
     cells = [c for a, row in result['grid'].items() for b, c in row.items() if pools(max(int(a), int(b)), N)]
-    ran = [c['acc'] for c in cells if 'acc' in c]
-    if not ran:
-        return f"n/a ({cells[0]['na']})"
-    return f"{100 * np.mean(ran):.1f}%" + (f" ({len(ran)}/{len(cells)} cells)" if len(ran) < len(cells) else '')
+    ran = [c['acc'] for c in cells if 'acc' in c]  # each cell holds the same number of problems
+    return (float(np.mean(ran)) if ran else None), len(ran), len(cells), (None if ran else cells[0]['na'])
+
+
+def addition_group(result, name):
+    """Accuracy pooled over the group's cells, as a table cell."""
+    acc, ran, cells, why = addition_pooled(result, name)
+    if acc is None:
+        return f"n/a ({why})"
+    return f"{100 * acc:.1f}%" + (f" ({ran}/{cells} cells)" if ran < cells else '')
 
 
 def addition_heatmap(result, title, path):
@@ -525,6 +531,7 @@ def addition_tables(rows, args):
     md += ['', f"Addition, exact match of greedy decoding (the reversed sum and the EOT that ends it), {args.problems} problems "
            "per (a digits, b digits) cell; trained on operands of 1..N digits. ID: both operands <= N digits; OOD: either > N; "
            "OOD N+1..2N: the longer operand has N+1..2N digits; 2N x 2N: every cell up to 2N digits (the mean over TAPE's heat map).", '']
+    md += addition_by_pe(rows)
     lengths = sorted({int(n) for r in rows for n in r['addition']['by_answer_len']})
     md += ['Accuracy by answer length (digits of a+b, all cells of the grid pooled)', '',
            '| answer digits | ' + ' | '.join(f"{r['ckpt']} ({r['pe']})" for r in rows) + ' |', '|' + '---|' * (1 + len(rows))]
@@ -533,6 +540,34 @@ def addition_tables(rows, args):
         md.append(f"| {n} | " + ' | '.join(f"{100 * c['acc']:.1f}%" if c else 'n/a' for c in cells) + ' |')
     md.append('')
     return md
+
+
+def addition_by_pe(rows):
+    """One row per pe (and scale, N) that has several checkpoints, usually seeds: how much they agree."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r['pe'], r['scale'], r['addition']['N']), []).append(r)
+    if all(len(g) == 1 for g in groups.values()):
+        return []
+    names = ('ID', 'OOD N+1..2N', '2N x 2N')
+    md = ['Checkpoints of the same pe pooled: ID of each (in the order above), and mean ± half the range', '',
+          '| pe | scale | N | seeds | ID of each | ' + ' | '.join(names) + ' |', '|' + '---|' * (5 + len(names))]
+    for (pe, scale, N), g in groups.items():
+        if len(g) == 1:
+            continue
+        each = [addition_pooled(r['addition'], 'ID')[0] for r in g]
+        cells = []
+        for name in names:
+            pooled = [addition_pooled(r['addition'], name) for r in g]
+            accs = [p[0] for p in pooled]
+            if None in accs:
+                cells.append('n/a')
+                continue
+            part = [f"{p[1]}/{p[2]} cells" for p in pooled if p[1] < p[2]]
+            cells.append(f"{100 * np.mean(accs):.1f} ± {50 * (max(accs) - min(accs)):.1f}%" + (f" ({part[0]})" if part else ''))
+        md.append(f"| {pe} | {scale:g} | {N} | {' '.join(str(r['seed']) for r in g)} | "
+                  + ' / '.join('n/a' if a is None else f"{100 * a:.1f}" for a in each) + ' | ' + ' | '.join(cells) + ' |')
+    return md + ['']
 
 
 if __name__ == '__main__':

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval_tasks import ADDITION_GROUPS, addition_group, addition_problems, run_addition
+from eval_tasks import ADDITION_GROUPS, addition_by_pe, addition_group, addition_problems, run_addition
 from model import load_checkpoint
 from prepare import get_tokenizer
 from synthetic import PromptTooLong, addition_example, addition_len, addition_operand, addition_row, addition_text
@@ -147,6 +147,14 @@ def test_the_grid_shape_and_its_groups():
     # the same seed draws the same problems in a cell, whatever the grid
     assert addition_problems(0, 4, 2, 6) == addition_problems(0, 4, 2, 6) != addition_problems(1, 4, 2, 6)
     assert all(len(str(a)) == 4 and len(str(b)) == 2 for a, b in addition_problems(0, 4, 2, 6))
+
+
+def test_checkpoints_of_one_pe_are_pooled():
+    right = run_addition(Adder(), encode, EOT, 2, grid_args(), 'test')
+    one_digit = run_addition(Adder(up_to=1), encode, EOT, 2, grid_args(), 'test')  # 1 of the 4 ID cells, 1 of 16 up to 2N
+    rows = [{'pe': 'adder', 'scale': 1.0, 'seed': seed, 'addition': res} for seed, res in ((1, right), (2, one_digit))]
+    assert '| adder | 1 | 2 | 1 2 | 100.0 / 25.0 | 62.5 ± 37.5% | 50.0 ± 50.0% | 53.1 ± 46.9% |' in addition_by_pe(rows)
+    assert addition_by_pe(rows[:1]) == []  # one checkpoint per pe: nothing to pool
 
 
 def test_cells_past_the_longest_input_are_na():
