@@ -430,6 +430,7 @@ def main():
     if len(files) != len(args.data_files) or set(files) - set(BENCHMARKS):
         sys.exit(f"error: --data-files takes TASK=FILE with TASK one of {', '.join(BENCHMARKS)}")
     refuse_overwrite(args.out, ('tasks.md', 'tasks.json'), args.overwrite)
+    earlier_pngs = heatmaps_of(args.out)  # --overwrite replaces them: the ones this run does not redraw go at the end
     loaded = load_models(args.ckpt, args.device, settings)  # checks the device first
     args.ctx = autocast(args.device, args.dtype)
     try:
@@ -491,8 +492,22 @@ def main():
         f.write(table + '\n')
     with open(os.path.join(args.out, 'tasks.json'), 'w') as f:
         json.dump({'args': {k: v for k, v in vars(args).items() if k != 'ctx'}, 'rows': rows}, f, indent=1)
+    for png in earlier_pngs - heatmaps_of(args.out):  # an earlier run's heat map that this run did not redraw
+        os.remove(png)
     pngs = [f"{t}_*.png" for t in ('passkey', 'addition') if t in args.tasks]
     print(f"wrote {args.out}/tasks.md, tasks.json" + ''.join(', ' + p for p in pngs), file=sys.stderr)
+
+
+def heatmaps_of(out):
+    """The heat maps that out/tasks.json says this script drew there (and that still exist)."""
+    try:
+        rows = json.load(open(os.path.join(out, 'tasks.json')))['rows']
+    except (OSError, ValueError, KeyError, TypeError):  # no earlier run, or not one of ours: touch nothing
+        return set()
+    names = {os.path.basename(r[k]) for r in rows if isinstance(r, dict) for k in ('passkey_png', 'addition_png')
+             if isinstance(r.get(k), str)}  # drawn into this folder, whatever it was called then
+    return {os.path.join(out, n) for n in names
+            if n.startswith(('passkey_', 'addition_')) and n.endswith('.png') and os.path.isfile(os.path.join(out, n))}
 
 
 def passkey_tables(rows, args):

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PES=${PES:-$(python -c "import model; print(' '.join(model.PES))")}
-SEEDS=${SEEDS:-"1337 1338"}
+SEEDS=${SEEDS:-"1337 1338 1339"}
 OUT=out/addition
 mkdir -p "$OUT" results/addition
 
@@ -37,5 +37,5 @@ done
 while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n; done
 echo "training wall time: $(( $(date +%s) - t0 )) s"
 t0=$(date +%s)
-OMP_NUM_THREADS=2 python eval_tasks.py --ckpt "${ckpts[@]}" --tasks addition --out results/addition
+OMP_NUM_THREADS=2 python eval_tasks.py --ckpt "${ckpts[@]}" --tasks addition --out results/addition --overwrite
 echo "eval wall time: $(( $(date +%s) - t0 )) s"

@@ -224,6 +224,16 @@ def test_eval_tasks_addition_end_to_end(trained, tmp_path):
     assert f'| {trained} | rope | 1337 | 1 | 3 | 1..7 |' in md and '| answer digits |' in md
 
 
+def test_overwrite_removes_the_earlier_heat_maps_it_does_not_redraw(trained, tmp_path):
+    args = ['--tasks', 'addition', '--problems', 2, '--digits', 4, '--out', tmp_path]
+    run('eval_tasks.py', '--ckpt', trained, trained, *args)
+    (tmp_path / 'addition_9_mine.png').write_bytes(b'not ours')  # not listed in tasks.json: stays
+    assert {p.name for p in tmp_path.glob('*.png')} == {'addition_0_rope.png', 'addition_1_rope.png', 'addition_9_mine.png'}
+    run('eval_tasks.py', '--ckpt', trained, *args, '--overwrite')
+    assert {p.name for p in tmp_path.glob('*.png')} == {'addition_0_rope.png', 'addition_9_mine.png'}
+    assert [r['addition_png'] for r in json.loads((tmp_path / 'tasks.json').read_text())['rows']] == [f'{tmp_path}/addition_0_rope.png']
+
+
 def test_addition_bad_input(trained, tmp_path):
     base = [*TINY, f'--out_dir={tmp_path}']
     one_line_error(run('train.py', *base, '--addition_digits=-2', check=False), 'addition_digits=-2')
