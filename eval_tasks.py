@@ -562,26 +562,24 @@ def addition_by_pe(rows):
     groups = {}
     for r in rows:
         groups.setdefault((r['pe'], r['scale'], r['addition']['N']), []).append(r)
-    if all(len(g) == 1 for g in groups.values()):
+    groups = {k: g for k, g in groups.items() if len(g) > 1}
+    if not groups:
         return []
     names = ('ID', 'OOD N+1..2N', '2N x 2N')
     md = ['Checkpoints of the same pe pooled: ID of each (in the order above), and mean ± half the range', '',
           '| pe | scale | N | seeds | ID of each | ' + ' | '.join(names) + ' |', '|' + '---|' * (5 + len(names))]
     for (pe, scale, N), g in groups.items():
-        if len(g) == 1:
-            continue
-        each = [addition_pooled(r['addition'], 'ID')[0] for r in g]
+        pooled = {name: [addition_pooled(r['addition'], name) for r in g] for name in names}
         cells = []
         for name in names:
-            pooled = [addition_pooled(r['addition'], name) for r in g]
-            accs = [p[0] for p in pooled]
+            accs = [p[0] for p in pooled[name]]
             if None in accs:
                 cells.append('n/a')
                 continue
-            part = [f"{p[1]}/{p[2]} cells" for p in pooled if p[1] < p[2]]
+            part = [f"{p[1]}/{p[2]} cells" for p in pooled[name] if p[1] < p[2]]
             cells.append(f"{100 * np.mean(accs):.1f} ± {50 * (max(accs) - min(accs)):.1f}%" + (f" ({part[0]})" if part else ''))
         md.append(f"| {pe} | {scale:g} | {N} | {' '.join(str(r['seed']) for r in g)} | "
-                  + ' / '.join('n/a' if a is None else f"{100 * a:.1f}" for a in each) + ' | ' + ' | '.join(cells) + ' |')
+                  + ' / '.join('n/a' if p[0] is None else f"{100 * p[0]:.1f}" for p in pooled['ID']) + ' | ' + ' | '.join(cells) + ' |')
     return md + ['']
 
 

@@ -227,6 +227,7 @@ def test_eval_tasks_addition_end_to_end(trained, tmp_path):
 def test_overwrite_removes_the_earlier_heat_maps_it_does_not_redraw(trained, tmp_path):
     args = ['--tasks', 'addition', '--problems', 2, '--digits', 4, '--out', tmp_path]
     run('eval_tasks.py', '--ckpt', trained, trained, *args)
+    assert '| rope | 1 | 3 | 1337 1337 |' in (tmp_path / 'tasks.md').read_text()  # two checkpoints of one pe: pooled
     (tmp_path / 'addition_9_mine.png').write_bytes(b'not ours')  # not listed in tasks.json: stays
     assert {p.name for p in tmp_path.glob('*.png')} == {'addition_0_rope.png', 'addition_1_rope.png', 'addition_9_mine.png'}
     run('eval_tasks.py', '--ckpt', trained, *args, '--overwrite')
