@@ -11,15 +11,15 @@ $ python bench.py --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --voca
       --batch_size=16 --compile=True                           # GPT-2 124M shape on a GPU
 $ python bench.py --mode=eval --evs=1,2,4,8,16                 # cost of long inputs
 """
-import signal
 import statistics
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 
-from model import ARCHS, GPT, GPTConfig, PES, check_config, peak_flops
+from configurator import configure, die, exit_on_ctrl_c
+from core import autocast, peak_flops, pick_device
+from model import ARCHS, GPT, GPTConfig, PES, check_config
 
 # -----------------------------------------------------------------------------
 pes = ','.join(PES)       # comma-separated; any of model.PES (default: all)
@@ -41,26 +41,16 @@ repeats = 10              # timed steps; the median and the min - max are report
 threads = 1               # CPU threads: 1 keeps rows comparable on a shared machine; 0 = torch's default (one per core)
 seed = 1337
 # -----------------------------------------------------------------------------
-from configurator import configure  # noqa: E402
 configure(globals())
-
-
-def die(msg):
-    raise SystemExit(f"error: {msg}")
-
-
-signal.signal(signal.SIGINT, lambda *_: die("interrupted (Ctrl-C)"))  # one line, not a traceback
-
-device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-if device not in ('cpu', 'cuda') and not device.startswith('cuda:'):
+exit_on_ctrl_c()
+if device and not (device == 'cpu' or device.startswith('cuda')):
     die(f"device='{device}': use cpu, cuda or cuda:N")
-if device.startswith('cuda') and not torch.cuda.is_available():
-    die(f"device='{device}' but this machine has no CUDA: use --device=cpu")
+device = pick_device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
 dtype = dtype or ('bfloat16' if device_type == 'cuda' else 'float32')
 if dtype not in ('float32', 'bfloat16', 'float16'):
     die(f"dtype='{dtype}': use float32, bfloat16 or float16")
-ctx = nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type, dtype=getattr(torch, dtype))
+ctx = autocast(device_type, dtype)
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 peak = peak_flops(device_type)

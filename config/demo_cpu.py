@@ -1,6 +1,6 @@
 # The CPU demo: a tiny byte-level model on the embedded Shakespeare corpus, trained at 128 tokens and
 # evaluated at up to 16x (2048). Sized so that `bash demo.sh`, which trains three of them (ExPE, RoPE,
-# TAPE), runs in minutes on 2 CPU cores (README: the timed run). Any pe works:
+# TAPE), runs in minutes on 2 CPU cores (README: the timed run, setup included). Any pe works:
 #   python train.py config/demo_cpu.py --pe=alibi --out_dir=out/demo_alibi
 out_dir = 'out/demo_expe'
 data_dir = 'data/shakespeare_byte'

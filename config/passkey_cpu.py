@@ -1,5 +1,5 @@
 # Passkey retrieval at CPU scale: the demo model (config/demo_cpu.py) with half of the training rows
-# replaced by synthetic passkey examples (key at a random depth, recalled at the end; eval_tasks.py
+# replaced by synthetic passkey examples (key at a random depth, recalled at the end; data.py
 # makes them): 3000 steps of cosine decay, then 3000 more at the final learning rate (the copy
 # mechanism forms late, at low learning rate; at step 4500 ExPE retrieved 100% at 1x, RoPE 6%).
 # An all-passkey probe retrieved 88% at 1x after 1,500 steps (24k passkey rows); a fifth of the

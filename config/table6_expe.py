@@ -2,7 +2,7 @@
 # 512 tokens, dropout 0.1, untied embeddings: ~35M parameters with its 32,000 vocab (~49M with GPT-2's BPE).
 # A standard (GPT-2 style) decoder; the paper names only the S/M models "Llama".
 # Data (§3.1): FineWeb documents of >= 4000 tokens, 700M tokens in all:
-#   python prepare.py --dataset fineweb --min-doc-tokens 4000 --max-tokens 700000000
+#   python prepare.py --dataset fineweb --min_doc_tokens 4000 --max_tokens 700000000
 #   python train.py config/table6_expe.py
 # The paper's batch size and learning rate (Table 5) are lost: GPT-3 practice, marked [GPT-3].
 out_dir = 'out/table6_expe'

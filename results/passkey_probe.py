@@ -5,7 +5,7 @@ greedy decoding) of (a) the key's second mention inside the key line, 15 bytes a
 first (depth 0: the short copy happens at the same early positions as in training) or last (depth 1:
 the short copy happens at the end of the window, past the training length at 2x and 4x).
 
-$ python results/passkey_probe.py out/passkey_expe out/passkey_rope > results/cpu_passkey/probe.md
+$ python results/passkey_probe.py --ckpt out/passkey_expe out/passkey_rope > results/cpu_passkey/probe.md
 """
 import os
 import sys
@@ -13,17 +13,20 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
-from eval import load_models, tokenizer_of  # noqa: E402
-from synthetic import passkey_example  # noqa: E402
+from configurator import configure, die  # noqa: E402
+from core import load_models, tokenizer_of  # noqa: E402
+from data import passkey_example  # noqa: E402
 
 KEYS = [12345, 40217, 77881, 50123, 91912, 33333, 60606, 24680, 11235, 98765]
+ckpt = []                 # out_dirs (or ckpt.pt files) of byte-level checkpoints
+configure(globals())
 
 print('| checkpoint | pe | length | depth | 2nd mention at position | 2nd mention copied | answer copied |')
 print('|---|---|---|---|---|---|---|')
-for path, model, ckpt in load_models(sys.argv[1:], 'cpu'):
-    encode, _, eot = tokenizer_of(ckpt)
+for path, model, ck in load_models(ckpt, 'cpu'):
+    encode, _, eot = tokenizer_of(ck)
     if len(encode(str(KEYS[0]))) != 5:
-        sys.exit(f"error: {path}: the probe needs one token per digit (a byte-level checkpoint)")
+        die(f"{path}: the probe needs one token per digit (a byte-level checkpoint)")
     T = model.config.block_size
     for ev in (1, 2, 4):
         for depth in (0, 1):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bf16 and ExPE (README, "bf16"): trains the demo ExPE and RoPE models once more with bf16 autocast
+# bf16 and ExPE (docs/pes.md, "bf16"): trains the demo ExPE and RoPE models once more with bf16 autocast
 # on the CPU (the fp32 ones are results/run_cpu.sh's expe-s1337 and rope-s1337, the same config and
 # seed), then evaluates all four under five precisions of attention (results/bf16_probe.py).
 #   bash results/run_bf16.sh          (after results/run_cpu.sh; one thread per process)
@@ -15,4 +15,4 @@ for pe in expe rope; do
     fi
 done
 wait
-python results/bf16_probe.py $OUT/expe-s1337 $OUT/expe-bf16 $OUT/rope-s1337 $OUT/rope-bf16 | tee results/bf16_probe.md
+python results/bf16_probe.py --ckpt $OUT/expe-s1337 $OUT/expe-bf16 $OUT/rope-s1337 $OUT/rope-bf16 | tee results/bf16_probe.md

@@ -54,5 +54,5 @@ ev --ckpt "${scaled[@]}" --scale 0.5 --out results/cpu_scaled | tee results/cpu_
 abl=("$OUT/expe-s1337"); for a in stable l1 once learned learned-init v; do abl+=("$OUT/abl-$a"); done
 for s in l16 l64 theta-4T theta-1T; do abl+=("$OUT/sweep-$s"); done
 ev --ckpt "${abl[@]}" --out results/cpu_ablations | tee results/cpu_ablations.txt
-python results/summarize.py results/cpu_main/eval.json results/cpu_scaled/eval.json > results/cpu_summary.md
+python results/summarize.py --files results/cpu_main/eval.json results/cpu_scaled/eval.json > results/cpu_summary.md
 cat results/cpu_summary.md

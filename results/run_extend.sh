@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Context extension at CPU scale, end to end (README, "Context extension"):
+# Context extension at CPU scale, end to end (docs/extension.md):
 #   bash results/run_extend.sh            (from the repo root, after results/run_cpu.sh; JOBS=2 runs two at a time)
 # Parents: the demo runs of results/run_cpu.sh, $PARENTS/{rope,expe,alibi}-s{1337,1338} (T = 128); a
 # missing or unfinished one is trained (or resumed) with run_cpu.sh's command. Each row below starts

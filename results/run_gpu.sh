@@ -74,8 +74,8 @@ os.makedirs(src)
 for i, f in enumerate(files):
     shutil.copyfile(f, os.path.join(src, f"{i:06d}.txt"))
 print(len(files), "Python files copied to", src)' "$src"
-    python prepare.py --dataset "$src" --tokenizer gpt2 --out-dir "$DATA" --val-tokens 2e6 --max-tokens "$max_tokens" \
-        --min-doc-tokens 4000 --num-proc "$(nproc)"
+    python prepare.py --dataset "$src" --tokenizer gpt2 --out_dir "$DATA" --val_tokens 2e6 --max_tokens "$max_tokens" \
+        --min_doc_tokens 4000 --num_proc "$(nproc)"
     [ -n "${TIKTOKEN_CACHE_DIR:-}" ] && [ "$TIKTOKEN_CACHE_DIR" != "$PWD/.carry/tiktoken" ] && \
         mkdir -p .carry/tiktoken && cp "$TIKTOKEN_CACHE_DIR"/* .carry/tiktoken/
     du -sh "$DATA"

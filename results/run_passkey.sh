@@ -38,6 +38,6 @@ for pe in $PES; do ckpts+=("out/passkey_$pe"); done
 t0=$(date +%s)
 python eval_tasks.py --ckpt "${ckpts[@]}" --tasks passkey --out "$RESULTS" --overwrite
 python eval_tasks.py --ckpt "${ckpts[@]}" --tasks passkey --ev 1 2 4 --scale 0.5 --out "$RESULTS/scaled" --overwrite
-python results/passkey_probe.py "${ckpts[@]}" > "$RESULTS/probe.md"
+python results/passkey_probe.py --ckpt "${ckpts[@]}" > "$RESULTS/probe.md"
 python eval.py --ckpt "${ckpts[@]}" --out "$RESULTS/loss" --overwrite
 echo "eval: $(( $(date +%s) - t0 )) s"

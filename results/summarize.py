@@ -2,7 +2,7 @@
 Seed-averaged tables (mean ± half the min-max range) from eval.py's eval.json files, and one
 per-position plot with a line per pe (seeds averaged) from the first file's per_position.csv.
 
-$ python results/summarize.py results/cpu_main/eval.json results/cpu_scaled/eval.json > results/cpu_summary.md
+$ python results/summarize.py --files results/cpu_main/eval.json results/cpu_scaled/eval.json > results/cpu_summary.md
 """
 import csv
 import json
@@ -13,9 +13,12 @@ from collections import defaultdict
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
-from eval import write_curves  # noqa: E402
+from configurator import configure  # noqa: E402
+from evaluation import write_curves  # noqa: E402
 
-paths = sys.argv[1:]
+files = []                # eval.json files of eval.py, in the order their rows should appear
+configure(globals())
+paths = files
 groups = defaultdict(list)  # (pe, scale) -> rows, in order of appearance
 evs = None
 for path in paths:

@@ -2,7 +2,6 @@
 resume) and eval_tasks.py's grid of operand lengths."""
 import ast
 import json
-from argparse import Namespace
 from contextlib import nullcontext
 from types import SimpleNamespace
 
@@ -11,10 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval_tasks import ADDITION_GROUPS, addition_by_pe, addition_group, addition_problems, run_addition
-from model import load_checkpoint
-from prepare import get_tokenizer
-from synthetic import PromptTooLong, addition_example, addition_len, addition_operand, addition_row, addition_text
+from core import load_checkpoint
+from data import PromptTooLong, addition_example, addition_len, addition_operand, addition_row, addition_text, get_tokenizer
+from evaluation import ADDITION_GROUPS, addition_by_pe, addition_group, addition_problems, run_addition
 from test_scripts import ROOT, log_of, one_line_error, run
 
 encode, decode, EOT, _ = get_tokenizer('byte')
@@ -86,7 +84,7 @@ def test_train_never_imports_an_eval_script():
     tree = ast.parse((ROOT / 'train.py').read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert 'synthetic' in imported and not imported & {'eval', 'eval_tasks'}
+    assert 'data' in imported and not imported & {'eval', 'eval_tasks'}
 
 
 # -----------------------------------------------------------------------------
@@ -120,28 +118,28 @@ class Adder(torch.nn.Module):
 
 
 def grid_args(**kw):
-    return Namespace(**{'digits': 0, 'problems': 6, 'seed': 0, 'batch_tokens': 512, 'device': 'cpu', 'ctx': nullcontext(), **kw})
+    return {'digits': 0, 'problems': 6, 'seed': 0, 'batch_tokens': 512, 'device': 'cpu', 'ctx': nullcontext(), 'desc': 'test', **kw}
 
 
 def test_an_adder_scores_100_and_a_wrong_one_0():
-    right = run_addition(Adder(), encode, EOT, 2, grid_args(problems=12), 'test')
+    right = run_addition(Adder(), encode, EOT, 2, **grid_args(problems=12))
     cells = [c for row in right['grid'].values() for c in row.values()]
     assert all(c == {'acc': 1.0, 'n': 12} for c in cells)
     assert all(addition_group(right, g) == '100.0%' for g in ADDITION_GROUPS)
     assert set(right['by_answer_len']) == set(range(1, 10)) and all(c['acc'] == 1.0 for c in right['by_answer_len'].values())
-    run_on = run_addition(Adder(run_on=True), encode, EOT, 2, grid_args(), 'test')  # a longer answer is wrong
+    run_on = run_addition(Adder(run_on=True), encode, EOT, 2, **grid_args())  # a longer answer is wrong
     assert all(c['acc'] == 0.0 for row in run_on['grid'].values() for c in row.values())
 
 
 def test_the_grid_shape_and_its_groups():
-    result = run_addition(Adder(up_to=3), encode, EOT, 3, grid_args(), 'test')  # right up to N = 3 digits only
+    result = run_addition(Adder(up_to=3), encode, EOT, 3, **grid_args())  # right up to N = 3 digits only
     assert result['N'] == 3 and result['digits'] == 12
     assert list(result['grid']) == list(range(1, 13)) and all(list(row) == list(range(1, 13)) for row in result['grid'].values())
     acc = np.array([[result['grid'][a][b]['acc'] for b in range(1, 13)] for a in range(1, 13)])
     assert (acc[:3, :3] == 1).all() and acc.sum() == 9
     got = {g: addition_group(result, g) for g in ADDITION_GROUPS}
     assert got == {'ID': '100.0%', 'OOD': '0.0%', 'OOD N+1..2N': '0.0%', 'OOD 2N+1..': '0.0%', '2N x 2N': '25.0%'}
-    small = run_addition(Adder(), encode, EOT, 3, grid_args(digits=5), 'test')
+    small = run_addition(Adder(), encode, EOT, 3, **grid_args(digits=5))
     assert list(small['grid']) == [1, 2, 3, 4, 5] and addition_group(small, 'OOD') == '100.0%'
     assert addition_group(small, 'OOD N+1..2N') == addition_group(small, '2N x 2N') == 'n/a (needs --digits >= 6)'
     # the same seed draws the same problems in a cell, whatever the grid
@@ -150,15 +148,15 @@ def test_the_grid_shape_and_its_groups():
 
 
 def test_checkpoints_of_one_pe_are_pooled():
-    right = run_addition(Adder(), encode, EOT, 2, grid_args(), 'test')
-    one_digit = run_addition(Adder(up_to=1), encode, EOT, 2, grid_args(), 'test')  # 1 of the 4 ID cells, 1 of 16 up to 2N
+    right = run_addition(Adder(), encode, EOT, 2, **grid_args())
+    one_digit = run_addition(Adder(up_to=1), encode, EOT, 2, **grid_args())  # 1 of the 4 ID cells, 1 of 16 up to 2N
     rows = [{'pe': 'adder', 'scale': 1.0, 'seed': seed, 'addition': res} for seed, res in ((1, right), (2, one_digit))]
     assert '| adder | 1 | 2 | 1 2 | 100.0 / 25.0 | 62.5 ± 37.5% | 50.0 ± 50.0% | 53.1 ± 46.9% |' in addition_by_pe(rows)
     assert addition_by_pe(rows[:1]) == []  # one checkpoint per pe: nothing to pool
 
 
 def test_cells_past_the_longest_input_are_na():
-    limited = run_addition(Adder(max_len=addition_len(3, 3)), encode, EOT, 3, grid_args(), 'test')
+    limited = run_addition(Adder(max_len=addition_len(3, 3)), encode, EOT, 3, **grid_args())
     assert limited['grid'][3][3] == {'acc': 1.0, 'n': 6}
     assert limited['grid'][4][1] == {'acc': 1.0, 'n': 6}  # 1 + 4 + 1 + 1 + 1 + 5 = 13 input tokens at most: fits
     assert limited['grid'][4][3]['na'] == 'pe=adder accepts at most 13 positions'
@@ -194,7 +192,7 @@ def test_the_loss_covers_the_answer_only(trained):
         everything = F.cross_entropy(logits.transpose(1, 2), x.roll(-1, 1)).item()  # had the loss covered the whole row
         assert logged[f'{split}_loss'] == pytest.approx(answer, abs=1e-5)
         assert abs(logged[f'{split}_loss'] - everything) > 1e-3
-    assert ckpt['data']['meta']['tokenizer'] == 'byte' and ckpt['config']['addition_digits'] == 3
+    assert ckpt['meta']['tokenizer'] == 'byte' and ckpt['config']['addition_digits'] == 3
 
 
 def test_resume_is_exact_with_the_addition_task(tmp_path):

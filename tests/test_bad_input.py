@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import torch
 
-import model as M
-import prepare
-from prepare import write_shard
+import core
+import data
+from data import write_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=8', '--compile=False',
@@ -54,7 +54,7 @@ def start(argv, cwd, fsize=0):
     global _server
     if _server is None:
         _server = multiprocessing.get_context('forkserver')
-        _server.set_forkserver_preload(['torch', 'torch._dynamo', 'numpy', 'model', 'prepare', 'configurator', 'eval', 'eval_tasks',
+        _server.set_forkserver_preload(['torch', 'torch._dynamo', 'numpy', 'model', 'configurator', 'core', 'data', 'evaluation',
                                         'datasets', 'tqdm', _child.__module__])
     cwd = Path(cwd)
     cwd.mkdir(parents=True, exist_ok=True)
@@ -240,7 +240,7 @@ def prepared_output(extra):
         jsonl([{'text': 'hello world'}] * 20)(c)
         out = c['tmp'] / 'work' / 'o'
         out.mkdir(parents=True)
-        meta = {**{k: None for k in prepare.SETTINGS}, 'tokenizer': 'byte'}
+        meta = {**{k: None for k in data.SETTINGS}, 'tokenizer': 'byte'}
         meta['splits'] = {'val': {'documents': 1, 'tokens': 3, 'shards': ['val_000000.bin']}}
         (out / 'meta.json').write_text(json.dumps(meta))
         write_shard(str(out / 'val_000000.bin'), [1, 2, 3], 257)
@@ -265,11 +265,11 @@ def live_tmp(c):
 TRAIN = ['train.py', *TINY, '--data_dir={data}', '--out_dir={tmp}/out', '--max_iters=2']
 RESUME = [*TRAIN, '--init_from=resume', '--max_iters=6']
 EVAL = ['eval.py', '--ckpt', '{ckpt}', '--ev', '1', '--windows', '1', '--out', '{tmp}/ev', '--device', 'cpu']
-SAMPLE = ['sample.py', '--ckpt', '{ckpt}', '--max-new-tokens', '4', '--num-samples', '1', '--device', 'cpu']
+SAMPLE = ['sample.py', '--ckpt', '{ckpt}', '--max_new_tokens', '4', '--num_samples', '1', '--device', 'cpu']
 TASKS = ['eval_tasks.py', '--ckpt', '{ckpt}', '--ev', '1', '--keys', '1', '--depths', '0', '--out', '{tmp}/t', '--device', 'cpu']
 BENCH = ['bench.py', '--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=16', '--vocab_size=64', '--batch_size=2',
          '--warmup=1', '--repeats=1', '--device=cpu', '--pes=rope']
-PREP = ['prepare.py', '--dataset', '{tmp}/ds', '--tokenizer', 'byte', '--num-proc', '1', '--out-dir', 'o']
+PREP = ['prepare.py', '--dataset', '{tmp}/ds', '--tokenizer', 'byte', '--num_proc', '1', '--out_dir', 'o']
 ROOT_USER = os.geteuid() == 0
 LINUX = sys.platform.startswith('linux')
 
@@ -372,9 +372,9 @@ CASES = [
     ('eval scale<0', [*EVAL, '--scale', '-1'], ['--scale -1.0']),
     ('eval scale=nan', [*EVAL, '--scale', 'nan'], ['--scale nan']),
     ('eval scale=inf', [*EVAL, '--scale', 'inf'], ['--scale inf']),
-    ('eval batch-tokens=0', [*EVAL, '--batch-tokens', '0'], ['--batch-tokens 0']),
+    ('eval batch-tokens=0', [*EVAL, '--batch_tokens', '0'], ['--batch_tokens 0']),
     ('eval ev=0', [*EVAL, '--ev', '0'], ['--ev']),
-    ('eval device=cuda without CUDA', [*EVAL, '--device', 'cuda'], ["'cuda'", '--device cpu', 'may be fine']),
+    ('eval device=cuda without CUDA', [*EVAL, '--device', 'cuda'], ["'cuda'", '--device=cpu', 'may be fine']),
     ('eval device unknown', [*EVAL, '--device', 'gpu'], ["'gpu'"]),
     ('eval out is a file', [*EVAL, '--out', '{root}/a_file'], ['cannot write --out']),
     ('eval no checkpoint', [*EVAL, '--ckpt', '{tmp}/none'], ['no checkpoint']),
@@ -385,7 +385,7 @@ CASES = [
     ('eval reshaped checkpoint', [*EVAL, '--ckpt', '{root}/reshaped'], ['does not match']),
     pytest.param(('eval unreadable checkpoint', [*EVAL, '--ckpt', '{tmp}/out'], ['Permission denied', 'may be fine'], unreadable),
                  marks=pytest.mark.skipif(ROOT_USER, reason='root reads any file (test_unreadable_checkpoint_says_why covers it)')),
-    ('eval token id >= vocab in val', [*EVAL, '--data-dir', '{bad_val}'], ['token id 300', 'vocabulary of 257'], None, ['{tmp}/ev']),
+    ('eval token id >= vocab in val', [*EVAL, '--data_dir', '{bad_val}'], ['token id 300', 'vocabulary of 257'], None, ['{tmp}/ev']),
     ('eval set unknown key', [*EVAL, '--set', 'n_layr=3'], ['--set n_layr=3', 'GPTConfig']),
     ('eval set without value', [*EVAL, '--set', 'block_size'], ['--set block_size', 'KEY=VALUE']),
     ('eval set wrong type', [*EVAL, '--set', 'block_size=long'], ['--set block_size=long', 'int']),
@@ -397,9 +397,9 @@ CASES = [
     # sample.py
     ('sample temperature<0', [*SAMPLE, '--temperature', '-1'], ['--temperature -1.0']),
     ('sample temperature=nan', [*SAMPLE, '--temperature', 'nan'], ['--temperature nan']),
-    ('sample top-k<0', [*SAMPLE, '--top-k', '-5'], ['--top-k -5']),
+    ('sample top-k<0', [*SAMPLE, '--top_k', '-5'], ['--top_k -5']),
     ('sample scale=0', [*SAMPLE, '--scale', '0'], ['--scale 0.0']),
-    ('sample num-samples=0', [*SAMPLE, '--num-samples', '0'], ['--num-samples']),
+    ('sample num-samples=0', [*SAMPLE, '--num_samples', '0'], ['--num_samples']),
     ('sample device=cuda without CUDA', [*SAMPLE, '--device', 'cuda'], ["'cuda'", 'may be fine']),
     ('sample start file missing', [*SAMPLE, '--start', 'FILE:{tmp}/nope.txt'], ['nope.txt', 'No such file']),
     ('sample start file a folder', [*SAMPLE, '--start', 'FILE:{tmp}'], ['Is a directory']),
@@ -407,10 +407,10 @@ CASES = [
     ('sample tokenizer bigger than the model', [*SAMPLE, '--tokenizer', 'gpt2'], ["tokenizer 'gpt2'", "vocab_size 320"]),
     ('sample NaN checkpoint', [*SAMPLE, '--ckpt', '{root}/nan'], ['non-finite weights']),
     # eval_tasks.py
-    ('tasks key-digits=40', [*TASKS, '--key-digits', '40'], ['--key-digits 40']),
-    ('tasks key-digits=0', [*TASKS, '--key-digits', '0'], ['--key-digits']),
+    ('tasks key-digits=40', [*TASKS, '--key_digits', '40'], ['--key_digits 40']),
+    ('tasks key-digits=0', [*TASKS, '--key_digits', '0'], ['--key_digits']),
     ('tasks scale=nan', [*TASKS, '--scale', 'nan'], ['--scale nan']),
-    ('tasks batch-tokens=0', [*TASKS, '--batch-tokens', '0'], ['--batch-tokens']),
+    ('tasks batch-tokens=0', [*TASKS, '--batch_tokens', '0'], ['--batch_tokens']),
     ('tasks seed<0', [*TASKS, '--seed', '-1'], ['--seed']),
     ('tasks depths>1', [*TASKS, '--depths', '50'], ['--depths']),
     ('tasks device=cuda without CUDA', [*TASKS, '--device', 'cuda'], ["'cuda'", 'may be fine']),
@@ -433,7 +433,7 @@ CASES = [
     ('bench config syntax error', [*BENCH, '{tmp}/conf.py'], ['conf.py, line 1'], config_file("repeats = (\n")),
     # prepare.py: never replaces what it did not make, never follows a link out of the dataset
     ('prepare out-dir a user folder', [*PREP[:-1], 'important'], ['important', "not prepare.py's output"], user_folder),
-    ('prepare out-dir .', [*PREP[:-1], '.'], ["--out-dir . exists", "not prepare.py's output"], user_folder),
+    ('prepare out-dir .', [*PREP[:-1], '.'], ["--out_dir . exists", "not prepare.py's output"], user_folder),
     ('prepare out-dir a file', [*PREP[:-1], '{root}/a_file'], ['a_file', 'a file, not a folder'], jsonl([{'text': 'x'}])),
     ('prepare out-dir inside the dataset', [*PREP[:-1], '{tmp}/ds/tokens'], ['inside the dataset folder'], jsonl([{'text': 'x'}])),
     ('prepare out-dir holds other files', PREP, ['notes.txt', 'did not write'],
@@ -449,7 +449,7 @@ CASES = [
     ('prepare jsonl without text', PREP, ["need a 'text' field", "'txt'"], jsonl([{'txt': 'ok'}])),
     ('prepare dataset missing', [*PREP[:2], '{tmp}/nope'], ['not found']),
     ('prepare tokenizer unknown', [*PREP[:4], 'bogus', *PREP[5:]], ["unknown tokenizer 'bogus'"], jsonl([{'text': 'x'}])),
-    ('prepare shard-tokens=0', [*PREP, '--shard-tokens', '0'], ['--shard-tokens'], jsonl([{'text': 'x'}])),
+    ('prepare shard-tokens=0', [*PREP, '--shard_tokens', '0'], ['--shard_tokens'], jsonl([{'text': 'x'}])),
 ]
 
 
@@ -582,7 +582,7 @@ def test_ctrl_c_stops_with_one_line_and_an_intact_checkpoint(env, tmp_path, sig,
     os.kill(p.pid, sig)  # SIGTERM: what a cluster scheduler sends before it kills a job
     r = finish(p)
     one_line_error(r, f'interrupted ({name})', 'is intact', '--init_from=resume')
-    model, ckpt = M.load_checkpoint(str(out))
+    model, ckpt = core.load_checkpoint(str(out))
     assert ckpt['iter_num'] % 5 == 0 and ckpt['iter_num'] >= 5 and not (out / 'ckpt.pt.tmp').exists()
 
 
@@ -617,16 +617,16 @@ def test_malicious_checkpoint_is_refused_and_runs_nothing(env, tmp_path):
         one_line_error(run(argv, tmp_path / 'work'), 'refused to load', 'could run code', 'io.open')
         assert not marker.exists(), argv[0]
     with pytest.raises(ValueError, match='refused'):
-        M.load_checkpoint(str(env['root'] / 'evil'))
+        core.load_checkpoint(str(env['root'] / 'evil'))
     assert not (env['root'] / 'PWNED').exists()
 
 
 def test_unreadable_checkpoint_says_why(env, monkeypatch):
     def no_permission(*args, **kwargs):
         raise PermissionError(13, 'Permission denied')
-    monkeypatch.setattr(M, 'open', no_permission, raising=False)  # as if chmod 000 (root would read it anyway)
+    monkeypatch.setattr(core, 'open', no_permission, raising=False)  # as if chmod 000 (root would read it anyway)
     with pytest.raises(ValueError, match='Permission denied.*may be fine') as e:
-        M.load_checkpoint(str(env['ckpt']))
+        core.load_checkpoint(str(env['ckpt']))
     assert 're-train' not in str(e.value)
 
 
@@ -634,7 +634,16 @@ def test_unreadable_checkpoint_says_why(env, monkeypatch):
 # prepare.py: its output folder, its leftovers, its up-to-date check (in-process: no torch, fast)
 
 def prep(out_dir, *args):
-    prepare.main(['--max-tokens', '500000', '--num-proc', '1', '--out-dir', str(out_dir), *map(str, args)])
+    """prepare.py in this process, as `python prepare.py ...` runs it: an error is SystemExit('error: ...')."""
+    argv = sys.argv
+    sys.argv = ['prepare.py', '--max_tokens', '500000', '--num_proc', '1', '--out_dir', str(out_dir), *map(str, args)]
+    try:
+        runpy.run_path(str(ROOT / 'prepare.py'), run_name='__main__')
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise
+    finally:
+        sys.argv = argv
 
 
 def test_prepare_replaces_only_its_own_folder(tmp_path, capsys, monkeypatch):
@@ -644,7 +653,7 @@ def test_prepare_replaces_only_its_own_folder(tmp_path, capsys, monkeypatch):
     (mine / 'thesis.txt').write_text('years of work')
     (tmp_path / 'notes.txt').write_text('keep me')
     for target in (mine, '.', tmp_path):
-        with pytest.raises(SystemExit, match="error: --out-dir .* not prepare.py's output"):
+        with pytest.raises(SystemExit, match="error: --out_dir .* not prepare.py's output"):
             prep(target)
     assert (mine / 'thesis.txt').read_text() == 'years of work' and (tmp_path / 'notes.txt').read_text() == 'keep me'
     # its own output is replaced when the settings change, kept when they do not
@@ -652,12 +661,12 @@ def test_prepare_replaces_only_its_own_folder(tmp_path, capsys, monkeypatch):
     prep(out)
     prep(out)
     assert 'up to date' in capsys.readouterr().out
-    prep(out, '--max-tokens', 600000)
-    assert prepare.load_meta(str(out))['max_tokens'] == 600000
+    prep(out, '--max_tokens', 600000)
+    assert data.load_meta(str(out))['max_tokens'] == 600000
     # an empty folder holds nothing to lose
     (tmp_path / 'empty').mkdir()
     prep(tmp_path / 'empty')
-    assert prepare.load_meta(str(tmp_path / 'empty'))['tokenizer'] == 'byte'
+    assert data.load_meta(str(tmp_path / 'empty'))['tokenizer'] == 'byte'
 
 
 def test_prepare_rebuilds_a_damaged_output_and_removes_a_killed_runs_leftovers(tmp_path, capsys):

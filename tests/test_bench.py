@@ -1,6 +1,7 @@
 """bench.py runs a few steps on CPU and prints the promised table."""
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -9,7 +10,7 @@ TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=16', '--vocab_
 
 
 def bench(*args):
-    p = subprocess.run([sys.executable, str(ROOT / 'bench.py'), *TINY, *args], cwd=ROOT, capture_output=True,
+    p = subprocess.run([sys.executable, str(ROOT / 'bench.py'), *TINY, *args], cwd=tempfile.mkdtemp(), capture_output=True,
                        text=True, timeout=300)
     return p, [line.split(' | ') for line in p.stdout.splitlines() if line.startswith('| ') and '---' not in line]
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
+import core
 import model as M
 from model import PES, GPT, GPTConfig
 from test_bad_input import TINY, byte_corpus, run
@@ -51,7 +52,7 @@ def test_a_child_with_unchanged_settings_has_the_parents_forward(pe):
     x = tokens(2, T0)
     with torch.no_grad():
         assert not torch.equal(child.eval()(x)[0], parent(x)[0])  # so the comparison below can fail
-        M.start_from(child, checkpoint(parent), 'parent')
+        core.start_from_checkpoint(child, checkpoint(parent), 'parent')
         assert torch.equal(child.eval()(x)[0], parent(x)[0])
 
 
@@ -60,7 +61,7 @@ def test_a_child_with_unchanged_settings_has_the_parents_forward(pe):
 def test_rope_to_tape_is_exact_at_step_0(ext):
     rope = trained_like(cfg('rope', **ext))
     tape = GPT(cfg('tape', block_size=2 * T0, **ext)).eval()
-    M.start_from(tape, checkpoint(rope), 'parent')
+    core.start_from_checkpoint(tape, checkpoint(rope), 'parent')
     assert all(torch.equal(u.post, torch.zeros_like(u.post)) and torch.equal(u.up, torch.zeros_like(u.up))
                for u in tape.pe.updates)  # TAPE's own parts keep their zero start
     with torch.no_grad():
@@ -75,7 +76,7 @@ def test_rope_to_tape_is_exact_at_step_0(ext):
 def refusal(parent_cfg, child_cfg, ckpt=None):
     parent = GPT(parent_cfg)
     with pytest.raises(ValueError) as e:
-        M.start_from(GPT(child_cfg), ckpt or checkpoint(parent), 'out/parent')
+        core.start_from_checkpoint(GPT(child_cfg), ckpt or checkpoint(parent), 'out/parent')
     msg = str(e.value)
     assert '\n' not in msg and 'out/parent' in msg
     return msg
@@ -105,9 +106,9 @@ def test_what_a_child_may_change():
     rope = trained_like(cfg('rope'))
     for kw in (dict(block_size=4 * T0, dropout=0.2, pos_scale=0.25), dict(rope_base=500.0),
                dict(rope_scaling='yarn', rope_factor=4.0, rope_original=T0, yarn_beta=16.0)):
-        M.start_from(GPT(cfg('rope', **kw)), checkpoint(rope), 'parent')
+        core.start_from_checkpoint(GPT(cfg('rope', **kw)), checkpoint(rope), 'parent')
     expe = trained_like(cfg('expe'))
-    M.start_from(GPT(cfg('expe', block_size=2 * T0, expe_theta=1 / (2 * T0), pos_scale=0.5)), checkpoint(expe), 'parent')
+    core.start_from_checkpoint(GPT(cfg('expe', block_size=2 * T0, expe_theta=1 / (2 * T0), pos_scale=0.5)), checkpoint(expe), 'parent')
 
 
 def test_unexpected_and_missing_weights_are_refused():
@@ -128,14 +129,14 @@ def test_eval_set_is_the_same_rule(tmp_path):
     """load_checkpoint(settings) (eval.py --set) starts the model from the file's weights like init_from."""
     parent = trained_like(cfg('rope'))
     torch.save({**checkpoint(parent), 'config': {}}, tmp_path / 'ckpt.pt')
-    m, _ = M.load_checkpoint(str(tmp_path), settings={'block_size': 2 * T0, 'rope_scaling': 'ntk', 'rope_factor': 2.0})
+    m, _ = core.load_checkpoint(str(tmp_path), settings={'block_size': 2 * T0, 'rope_scaling': 'ntk', 'rope_factor': 2.0})
     assert m.config.block_size == 2 * T0 and m.config.rope_scaling == 'ntk'
     same = GPT(cfg('rope', rope_base=10000.0 * 2.0 ** (8 / 6))).eval()  # NTK = RoPE with base b·s^(D/(D-2)), D = 8
     same.load_state_dict(parent.state_dict())
     x = tokens(1, 2 * T0)
     assert (m.eval()(x)[0] - same(x)[0]).abs().max() < 1e-5
     with pytest.raises(ValueError, match='n_embd=64'):
-        M.load_checkpoint(str(tmp_path), settings={'n_embd': 64})
+        core.load_checkpoint(str(tmp_path), settings={'n_embd': 64})
 
 
 # -----------------------------------------------------------------------------

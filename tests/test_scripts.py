@@ -4,20 +4,23 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from prepare import write_shard
+from data import write_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=8', '--compile=False',
         '--device=cpu', '--eval_iters=4', '--warmup_iters=5', '--learning_rate=3e-3']
 
 
-def run(script, *args, check=True, cwd=ROOT, env=None):
+def run(script, *args, check=True, cwd=None, env=None):
+    """A script as a process, by default in a scratch folder: the repository's own out/ and data/ are never used."""
     env = dict(env or os.environ, OMP_NUM_THREADS='1')
+    cwd = cwd or tempfile.mkdtemp(prefix='cwd-')
     p = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env,
                        capture_output=True, text=True, timeout=600)
     if check and p.returncode != 0:
@@ -99,7 +102,7 @@ def test_ddp_two_processes_stay_in_sync(data_dir, tmp_path):
     p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
                         str(ROOT / 'train.py'), *TINY, f'--data_dir={data_dir}', f'--out_dir={tmp_path}',
                         '--max_iters=30', '--eval_interval=30', '--log_interval=10', '--gradient_accumulation_steps=2'],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert 'all 2 processes hold identical weights' in p.stdout
     assert '2 process(es) x 1 accumulation' in p.stdout
@@ -152,12 +155,12 @@ def test_sample(trained, tmp_path):
     prompt = tmp_path / 'prompt.txt'
     prompt.write_text('the king')
     for pe in ('expe', 'learned'):  # 100 new tokens run past block_size=32 for both
-        p = run('sample.py', '--ckpt', trained / pe, '--start', f'FILE:{prompt}', '--num-samples', 2,
-                '--max-new-tokens', 100, '--device', 'cpu')
+        p = run('sample.py', '--ckpt', trained / pe, '--start', f'FILE:{prompt}', '--num_samples', 2,
+                '--max_new_tokens', 100, '--device', 'cpu')
         samples = p.stdout.split('---------------\n')
         assert len(samples) == 3 and samples[0].startswith('the king') and len(samples[0]) > 50
-    a = run('sample.py', '--ckpt', trained / 'expe', '--seed', 1, '--max-new-tokens', 30, '--device', 'cpu').stdout
-    b = run('sample.py', '--ckpt', trained / 'expe', '--seed', 1, '--max-new-tokens', 30, '--device', 'cpu').stdout
+    a = run('sample.py', '--ckpt', trained / 'expe', '--seed', 1, '--max_new_tokens', 30, '--device', 'cpu').stdout
+    b = run('sample.py', '--ckpt', trained / 'expe', '--seed', 1, '--max_new_tokens', 30, '--device', 'cpu').stdout
     assert a == b
 
 

