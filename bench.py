@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from configurator import configure, die, exit_on_ctrl_c
-from core import autocast, peak_flops, pick_device
+from core import autocast, default_dtype, peak_flops, pick_device
 from model import ARCHS, GPT, GPTConfig, PES, check_config
 
 # -----------------------------------------------------------------------------
@@ -47,7 +47,7 @@ if device and not (device == 'cpu' or device.startswith('cuda')):
     die(f"device='{device}': use cpu, cuda or cuda:N")
 device = pick_device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
-dtype = dtype or ('bfloat16' if device_type == 'cuda' else 'float32')
+dtype = dtype or default_dtype(device_type)
 if dtype not in ('float32', 'bfloat16', 'float16'):
     die(f"dtype='{dtype}': use float32, bfloat16 or float16")
 ctx = autocast(device_type, dtype)

@@ -83,8 +83,11 @@ def default_dtype(device_type):
     return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
 
 
-def autocast(device_type, dtype):
-    """The context every forward pass runs in: nothing for fp32, else autocast to `dtype`."""
+def autocast(device, dtype=''):
+    """The context every forward pass runs in on `device`: nothing for fp32, else autocast to `dtype`
+    ('' = default_dtype: bf16 on CUDA, fp32 elsewhere)."""
+    device_type = device.split(':')[0]
+    dtype = dtype or default_dtype(device_type)
     if dtype == 'float32':
         return contextlib.nullcontext()
     return torch.amp.autocast(device_type=device_type, dtype=DTYPES[dtype])

@@ -20,7 +20,7 @@ import sys
 import torch
 
 from configurator import configure, die, exit_on_ctrl_c
-from core import autocast, default_dtype, load_models, model_settings, pick_device, trained_with
+from core import autocast, load_models, model_settings, pick_device, trained_with
 from data import load_meta, val_tokens
 from evaluation import STRETCH_EV, cannot_run, window_losses, write_curves
 
@@ -61,7 +61,7 @@ try:  # now, not after the whole evaluation
     os.makedirs(out, exist_ok=True)
 except OSError as e:
     die(f"cannot write --out {out} ({e.strerror}): choose a folder you can write to")
-ctx = autocast(device.split(':')[0], dtype or default_dtype(device.split(':')[0]))
+ctx = autocast(device, dtype)
 
 # -----------------------------------------------------------------------------
 # one row per checkpoint, one cell per length

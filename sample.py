@@ -10,7 +10,7 @@ import math
 import torch
 
 from configurator import configure, die, exit_on_ctrl_c
-from core import autocast, default_dtype, load_models, pick_device, tokenizer_of
+from core import autocast, load_models, pick_device, tokenizer_of
 
 # -----------------------------------------------------------------------------
 # settings (core.configure: --key value or --key=value)
@@ -55,7 +55,7 @@ except ValueError as e:  # a file that is not UTF-8 is a UnicodeDecodeError, a V
 torch.manual_seed(seed)
 ids = [eot] + encode(start)  # EOT starts every document in training (prepare.py)
 x = torch.tensor(ids, dtype=torch.long, device=device)[None].repeat(num_samples, 1)
-with autocast(device.split(':')[0], dtype or default_dtype(device.split(':')[0])):
+with autocast(device, dtype):
     y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k or None)
 for row in y.tolist():
     print(decode(row[1:]))
