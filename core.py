@@ -290,96 +290,7 @@ def trained_with(ckpt, key, default=None):
 
 
 # -----------------------------------------------------------------------------
-# a training run's out_dir: one run at a time, a log of each iteration once, one optimizer step
-
-def lock_out_dir(out_dir):
-    """Create out_dir and hold its lock while this process lives (the OS drops it when we die). Exits with one
-    line if another run holds it or the folder cannot be written. Returns the open lock file: keep it."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        lock = open(os.path.join(out_dir, 'train.lock'), 'a+')
-    except OSError as e:
-        die(f"cannot write to out_dir {out_dir} ({e.strerror}): choose a folder you can write to")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        die(f"{out_dir} is in use by another training run (pid {lock.read().strip() or '?'}): "
-            "wait for it to end, or use another out_dir")
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
-    return lock
-
-
-def start_log(log_path, ckpt_path, resume_iter, evaluates_again):
-    """Prepare log.jsonl for a run. A new run (resume_iter None) starts afresh: an earlier checkpoint and log go
-    (a log without a checkpoint is of a run that can no longer resume). A resume keeps each iteration once: it
-    drops what a killed run logged past its checkpoint (and that checkpoint's evaluation, if it comes again)."""
-    if resume_iter is None:
-        for path in (ckpt_path, log_path):
-            if os.path.exists(path):
-                os.remove(path)
-                print(f"removed the earlier {path}" + (" (overwrite=True)" if path == ckpt_path else ''))
-        return
-    if not os.path.exists(log_path):
-        return
-    keep = []
-    for line in open(log_path):
-        try:
-            r = json.loads(line)
-        except ValueError:  # a line torn by the kill
-            continue
-        it = r.get('iter', -1) if isinstance(r, dict) else -1
-        if it < resume_iter or (it == resume_iter and not ('val_loss' in r and evaluates_again)):
-            keep.append(line if line.endswith('\n') else line + '\n')
-    with open(log_path + '.tmp', 'w') as f:
-        f.writelines(keep)
-    os.replace(log_path + '.tmp', log_path)
-
-
-def write_reason(e, folder):
-    """Why a write failed, for one line: the OS's reason and the free space left."""
-    os_error = e if isinstance(e, OSError) else e.__context__  # torch's writer raises a RuntimeError over the OSError
-    reason = os_error.strerror if isinstance(os_error, OSError) and os_error.strerror else type(e).__name__
-    try:
-        return f"{reason}, {shutil.disk_usage(folder).free / 2**20:,.0f} MiB free there"
-    except OSError:
-        return reason
-
-
-def train_step(model, optimizer, scaler, micro_batches, ctx, grad_clip):
-    """One optimizer step over the micro-batches [(x, y, pos)], gradients accumulated (under DDP synced on
-    the last only). Returns the mean loss as a device tensor: no host sync, so the GPU never waits on us."""
-    n = len(micro_batches)
-    loss_sum = 0.0
-    for i, (x, y, pos) in enumerate(micro_batches):
-        if hasattr(model, 'require_backward_grad_sync'):  # DDP: all-reduce the gradients once, at the end
-            model.require_backward_grad_sync = (i == n - 1)
-        with ctx:
-            _, loss = model(x, y, pos=pos)
-            loss = loss / n
-        loss_sum += loss.detach()
-        scaler.scale(loss).backward()
-    if grad_clip != 0.0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return loss_sum
-
-
-def learning_rate_at(it, learning_rate, warmup_iters, decay_iters, min_lr):
-    """Linear warmup, then cosine down to min_lr at decay_iters, then min_lr."""
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it >= decay_iters:
-        return min_lr
-    ratio = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
-
+# a training run: its checks, what it starts from, its out_dir, one optimizer step
 
 def check_train_settings(s):
     """train.py's own settings (the model's are model.check_config's), before anything is read or written."""
@@ -484,10 +395,48 @@ class RunDir:
         return f"the last checkpoint {self.ckpt_path} (iter {self.saved_iter}) is intact; continue it with --init_from=resume"
 
     def lock(self):
-        self.lock_file = lock_out_dir(self.out_dir)  # held while this process lives
+        """Create out_dir and hold its lock while this process lives (the OS drops it when we die): one run per
+        out_dir. Exits with one line if another run holds it or the folder cannot be written."""
+        try:
+            os.makedirs(self.out_dir, exist_ok=True)
+            self.lock_file = open(os.path.join(self.out_dir, 'train.lock'), 'a+')
+        except OSError as e:
+            die(f"cannot write to out_dir {self.out_dir} ({e.strerror}): choose a folder you can write to")
+        try:
+            fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.lock_file.seek(0)
+            die(f"{self.out_dir} is in use by another training run (pid {self.lock_file.read().strip() or '?'}): "
+                "wait for it to end, or use another out_dir")
+        self.lock_file.seek(0)
+        self.lock_file.truncate()
+        self.lock_file.write(f"{os.getpid()}\n")
+        self.lock_file.flush()
 
     def start_log(self, resume_iter, evaluates_again):
-        start_log(self.log_path, self.ckpt_path, resume_iter, evaluates_again)
+        """A new run (resume_iter None) starts afresh: an earlier checkpoint and log go (a log without a
+        checkpoint is of a run that can no longer resume). A resume keeps each iteration once: it drops what a
+        killed run logged past its checkpoint (and that checkpoint's evaluation, if it comes again)."""
+        if resume_iter is None:
+            for path in (self.ckpt_path, self.log_path):
+                if os.path.exists(path):
+                    os.remove(path)
+                    print(f"removed the earlier {path}" + (" (overwrite=True)" if path == self.ckpt_path else ''))
+            return
+        if not os.path.exists(self.log_path):
+            return
+        keep = []
+        for line in open(self.log_path):
+            try:
+                r = json.loads(line)
+            except ValueError:  # a line torn by the kill
+                continue
+            it = r.get('iter', -1) if isinstance(r, dict) else -1
+            if it < resume_iter or (it == resume_iter and not ('val_loss' in r and evaluates_again)):
+                keep.append(line if line.endswith('\n') else line + '\n')
+        with open(self.log_path + '.tmp', 'w') as f:
+            f.writelines(keep)
+        os.replace(self.log_path + '.tmp', self.log_path)
 
     def cannot_write(self, path, e):
         die(f"could not write {path} ({write_reason(e, self.out_dir)}): {self.kept()}")
@@ -509,6 +458,48 @@ class RunDir:
         except (OSError, RuntimeError) as e:  # a full disk: torch reports it as a RuntimeError
             self.cannot_write(self.ckpt_path, e)
         self.saved_iter = ckpt['iter_num']
+
+
+def write_reason(e, folder):
+    """Why a write failed, for one line: the OS's reason and the free space left."""
+    os_error = e if isinstance(e, OSError) else e.__context__  # torch's writer raises a RuntimeError over the OSError
+    reason = os_error.strerror if isinstance(os_error, OSError) and os_error.strerror else type(e).__name__
+    try:
+        return f"{reason}, {shutil.disk_usage(folder).free / 2**20:,.0f} MiB free there"
+    except OSError:
+        return reason
+
+
+def train_step(model, optimizer, scaler, micro_batches, ctx, grad_clip):
+    """One optimizer step over the micro-batches [(x, y, pos)], gradients accumulated (under DDP synced on
+    the last only). Returns the mean loss as a device tensor: no host sync, so the GPU never waits on us."""
+    n = len(micro_batches)
+    loss_sum = 0.0
+    for i, (x, y, pos) in enumerate(micro_batches):
+        if hasattr(model, 'require_backward_grad_sync'):  # DDP: all-reduce the gradients once, at the end
+            model.require_backward_grad_sync = (i == n - 1)
+        with ctx:
+            _, loss = model(x, y, pos=pos)
+            loss = loss / n
+        loss_sum += loss.detach()
+        scaler.scale(loss).backward()
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum
+
+
+def learning_rate_at(it, learning_rate, warmup_iters, decay_iters, min_lr):
+    """Linear warmup, then cosine down to min_lr at decay_iters, then min_lr."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it >= decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 
 def signal_name(signum):
