@@ -99,7 +99,7 @@ if master_process:
           f"accumulation x {batch_size} x {block_size}); device {device}, {dtype}")
 
 # -----------------------------------------------------------------------------
-# data: batch k of a process comes from an RNG seeded by (seed, rank, split, k), so resume is exact
+# data: batch k of a process comes from an RNG seeded by (seed, rank, split, fixed, k), so resume is exact
 try:
     batches = Batches(data_dir, block_size, batch_size, seed, ddp_rank, vocab_size, passkey_frac, addition_digits)
 except (FileNotFoundError, ValueError) as e:
@@ -113,8 +113,8 @@ def get_batch(split, k, fixed=False):
     except ValueError as e:  # a token id outside the vocabulary
         die(e)
     if device_type == 'cuda':  # pinned memory lets the copy overlap with compute
-        x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device), pos if pos is None else pos.to(device)
+        x, y = x.pin_memory(), y.pin_memory()
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True), pos if pos is None else pos.to(device)
 
 
 # -----------------------------------------------------------------------------
