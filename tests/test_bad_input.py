@@ -26,6 +26,7 @@ import torch
 import core
 import data
 from data import write_shard
+from test_prepare import prepare_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=8', '--compile=False',
@@ -635,15 +636,7 @@ def test_unreadable_checkpoint_says_why(env, monkeypatch):
 
 def prep(out_dir, *args):
     """prepare.py in this process, as `python prepare.py ...` runs it: an error is SystemExit('error: ...')."""
-    argv = sys.argv
-    sys.argv = ['prepare.py', '--max_tokens', '500000', '--num_proc', '1', '--out_dir', str(out_dir), *map(str, args)]
-    try:
-        runpy.run_path(str(ROOT / 'prepare.py'), run_name='__main__')
-    except SystemExit as e:
-        if e.code not in (0, None):
-            raise
-    finally:
-        sys.argv = argv
+    prepare_main(['--max_tokens', '500000', '--num_proc', '1', '--out_dir', out_dir, *args])
 
 
 def test_prepare_replaces_only_its_own_folder(tmp_path, capsys, monkeypatch):
