@@ -11,11 +11,29 @@ indices n = 0, 1, 2, ... (offset by the KV cache when decoding), multiplied by `
 inference for the PEs where that means something (position interpolation).
 """
 import math
+import re
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# The oldest torch the suite passes on (README, Requirements): older ones break FlexAttention (the bias pes'
+# GPU path) or compile differently from eager; stop at import, before any of it runs.
+TORCH_FLOOR = (2, 10)
+
+
+def torch_problem(version):
+    """Why torch `version` (e.g. '2.9.1+cpu') cannot run this code, or '' if it can."""
+    found = tuple(int(n) for n in re.findall(r'\d+', str(version))[:2])
+    if found >= TORCH_FLOOR:
+        return ''
+    floor = '.'.join(map(str, TORCH_FLOOR))
+    return f"error: torch {version} found, but this code needs torch >= {floor}: upgrade it (pip install 'torch>={floor}')"
+
+
+if torch_problem(torch.__version__):
+    raise SystemExit(torch_problem(torch.__version__))
 
 ARCHS = ('gpt2', 'llama')
 

@@ -6,7 +6,7 @@
 # build where one is. A stamp in .venv records what was installed, so a second run installs nothing.
 # Your own environment instead: PYTHON=/path/to/python bash demo.sh (nothing is installed; install the
 # requirement files yourself). VENV=folder puts the virtualenv elsewhere.
-TORCH_VERSION=2.13.0  # the version the suite is run on
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}  # the version the suite is run on (CI also runs requirements.txt's floor)
 if [ -n "${PYTHON:-}" ]; then
     PY=$PYTHON
     return 0 2>/dev/null || exit 0
@@ -26,7 +26,8 @@ if [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$want" ]; then
     if ! "$PY" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
         if [ "$(uname)" = Linux ] && ! nvidia-smi -L 2>/dev/null | grep -q GPU; then
             echo "setup: installing torch $TORCH_VERSION, CPU build (no CUDA GPU here)"
-            "$PY" -m pip install --quiet --no-deps "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
+            "$PY" -m pip install --quiet --no-deps "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu ||
+                echo "setup: PyTorch's CPU index has no torch $TORCH_VERSION here: PyPI's build instead (several GB)"
         else
             echo "setup: installing torch $TORCH_VERSION"
             "$PY" -m pip install --quiet "torch==$TORCH_VERSION"

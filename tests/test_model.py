@@ -746,3 +746,27 @@ def test_load_checkpoint_from_before_pe_classes(kw, old_names, tmp_path):
     idx = tokens(1, T0)
     with torch.no_grad():
         assert torch.equal(m(idx)[0], m2.eval()(idx)[0])
+
+
+# -----------------------------------------------------------------------------
+# the torch floor (README, Requirements)
+
+def test_torch_problem_compares_versions_as_numbers():
+    assert M.TORCH_FLOOR == (2, 10)
+    for ok in ('2.10.0', '2.10.0+cu128', '2.11.0a0+git1234', '2.13.0+cpu', '3.0', '10.1'):
+        assert M.torch_problem(ok) == '', ok
+    for old in ('2.9.1', '2.9.1+cpu', '2.5.0', '2.1.2', '1.13.1'):  # '2.9' > '2.10' as text: compared as numbers
+        msg = M.torch_problem(old)
+        assert msg.startswith(f'error: torch {old} found') and ">= 2.10" in msg and '\n' not in msg, old
+
+
+@pytest.mark.parametrize('script', ['train.py', 'eval.py', 'eval_tasks.py', 'sample.py', 'bench.py'])
+def test_a_torch_below_the_floor_stops_every_script_with_one_line(script):
+    import subprocess
+    run_as_old_torch = ("import runpy, sys, torch; torch.__version__ = '2.9.1+cpu'; sys.argv = sys.argv[1:]; "
+                        "runpy.run_path(sys.argv[0], run_name='__main__')")
+    r = subprocess.run([sys.executable, '-c', run_as_old_torch, script, '--help'], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr == M.torch_problem('2.9.1+cpu') + '\n'
+    assert r.stdout == ''  # stopped before the script printed its help
