@@ -41,6 +41,7 @@ import torch
 
 from configurator import die, parse_value
 from data import get_tokenizer, load_meta
+from hf import read_hf
 from model import GPT, PARAM_GROUPS, PES, GPTConfig, check_config, start_from
 
 
@@ -110,7 +111,9 @@ CHECKPOINT_VERSION = 2
 def read_checkpoint(path, device='cpu'):
     """The dict in a ckpt.pt (a file or an out_dir), in the current format, loaded with weights_only=True.
     An error says why a file cannot be read and never advises re-training: the file may be fine.
-    Returns (checkpoint, path)."""
+    'hf:<hub name or folder>' reads a Hugging Face GPT-2 or Llama as such a checkpoint (hf.py). Returns (checkpoint, path)."""
+    if str(path).startswith('hf:'):
+        return read_hf(str(path)), str(path)
     if os.path.isdir(path):
         path = os.path.join(path, 'ckpt.pt')
     if not os.path.exists(path):
@@ -188,9 +191,9 @@ def checkpoint_weights(ckpt, path):
     return state
 
 
-def start_from_checkpoint(model, ckpt, path):
+def start_from_checkpoint(model, ckpt, path, replace_pe=False):
     """Give `model` the checkpoint's weights where its settings differ only in what the weights carry (model.start_from)."""
-    start_from(model, checkpoint_config(ckpt, path), checkpoint_weights(ckpt, path), path)
+    start_from(model, checkpoint_config(ckpt, path), checkpoint_weights(ckpt, path), path, replace_pe)
 
 
 def model_from_checkpoint(ckpt, path, device='cpu', settings=None):
@@ -308,8 +311,9 @@ def check_train_settings(s):
     if not (0 <= s['beta1'] < 1 and 0 <= s['beta2'] < 1):
         die(f"beta1={s['beta1']}, beta2={s['beta2']}: Adam's betas are from 0 to below 1")
     init_from = s['init_from']
-    if init_from not in ('scratch', 'resume') and not os.path.exists(init_from):
-        die(f"init_from='{init_from}': use 'scratch', 'resume', or a run to start from (its out_dir or ckpt.pt; none there)")
+    if init_from not in ('scratch', 'resume') and not init_from.startswith('hf:') and not os.path.exists(init_from):
+        die(f"init_from='{init_from}': use 'scratch', 'resume', a run to start from (its out_dir or ckpt.pt; none there) "
+            "or hf:<a Hugging Face GPT-2 or Llama>")
     if s['overwrite'] and init_from == 'resume':
         die("overwrite=True only applies to a new run (init_from='scratch' or a run to start from): a resume continues "
             "the checkpoint in out_dir")
@@ -322,6 +326,19 @@ def check_train_settings(s):
         die(f"out_dir='{out_dir}' is not a folder: name a folder for the checkpoint and log")
     if s['device'] and device_problem(s['device']):
         die(device_problem(s['device']))
+
+
+def hf_started_settings(out_dir):
+    """The model settings of the checkpoint in out_dir where its run started from a Hugging Face model (they came from
+    its config.json, not from the command line, so a resume needs them again), else {}. Memory-mapped: nothing big is read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            ckpt = torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=True, mmap=True)
+        started = str(ckpt['parent']['path']) if isinstance(ckpt.get('parent'), dict) else ''
+        return dict(ckpt['model_args']) if started.startswith('hf:') else {}
+    except Exception:  # none there, or not readable: start_of_run says what is wrong
+        return {}
 
 
 def start_of_run(s, model_args, device):
@@ -387,6 +404,7 @@ class RunDir:
     def __init__(self, out_dir, saved_iter=None):
         self.out_dir, self.saved_iter = out_dir, saved_iter  # saved_iter: the iteration in ckpt.pt, if any
         self.ckpt_path, self.log_path = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'log.jsonl')
+        self.wandb = None  # a wandb run (start_wandb) that gets every log record too
 
     def kept(self):
         """What is in out_dir now, for the one line that ends a run early."""
@@ -447,6 +465,12 @@ class RunDir:
                 f.write(json.dumps(record) + '\n')
         except OSError as e:  # a full disk, a vanished out_dir
             self.cannot_write(self.log_path, e)
+        if self.wandb:
+            try:
+                self.wandb.log(record, step=record['iter'])
+            except Exception as e:  # a tracking service never stops training
+                print(f"warning: wandb logging stopped ({type(e).__name__}: {str(e)[:100]}); log.jsonl goes on")
+                self.wandb = None
 
     def save(self, model, ckpt):
         """Save ckpt (the format above) atomically, never over good work with a non-finite weight."""
@@ -458,6 +482,18 @@ class RunDir:
         except (OSError, RuntimeError) as e:  # a full disk: torch reports it as a RuntimeError
             self.cannot_write(self.ckpt_path, e)
         self.saved_iter = ckpt['iter_num']
+
+
+def start_wandb(project, name, config, out_dir):
+    """A wandb run (its files under out_dir/wandb), or None with one warning where wandb is missing or cannot start:
+    experiment tracking never stops a training run."""
+    try:
+        import wandb
+        return wandb.init(project=project, name=name, config=config, dir=out_dir)
+    except Exception as e:  # not installed, no API key, service unreachable, ...
+        print(f"warning: wandb logging is off ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}); "
+              "log.jsonl has every record")
+        return None
 
 
 def write_reason(e, folder):

@@ -1086,25 +1086,31 @@ class GPT(nn.Module):
 # -----------------------------------------------------------------------------
 # Starting from trained weights (train.py init_from=<run>, eval.py --set): core.py reads the checkpoint
 
-def start_from(model, parent, state, path):
+def start_from(model, parent, state, path, replace_pe=False):
     """Load the weights `state` of a model with GPTConfig `parent` (from `path`) into `model`, whose settings may
     differ from the parent's where the weights still mean the same (train.py init_from=<run>, eval.py --set):
     MAY_CHANGE, the pe's retunable knobs (RoPE's base and length extension), and the pe itself where the new one
     starts exactly from the old (pe.starts_from: rope -> tape); the new pe's own parameters keep their init.
+    replace_pe: any other pe too, not an exact start: the parent's positional parameters (pe.*) are dropped and the
+    new pe's start at their init (GPT-2's learned table -> ExPE; DroPE's rope -> nope).
     Anything the weights cannot carry is a ValueError (one line)."""
     c = model.config
+    replace_pe = replace_pe and c.pe != parent.pe and parent.pe not in model.pe.starts_from
+    if replace_pe:
+        state = {k: v for k, v in state.items() if not k.startswith('pe.')}
     knobs = {k for p in PES.values() for k in p.knobs}
     for f in fields(GPTConfig):
         k = f.name
         if k not in MAY_CHANGE + ('pe',) and k not in knobs and getattr(parent, k) != getattr(c, k):
             raise ValueError(f"{k}={getattr(c, k)!r}, but {path} was trained with {k}={getattr(parent, k)!r}: its weights "
                              f"need the same (of the model's settings only {', '.join(MAY_CHANGE)} and the pe's may change)")
-    if c.pe != parent.pe and parent.pe not in model.pe.starts_from:
+    if c.pe != parent.pe and parent.pe not in model.pe.starts_from and not replace_pe:
         can = ', '.join(name for name, p in PES.items() if parent.pe in p.starts_from)
         raise ValueError(f"pe={c.pe} cannot start from the weights of {path} (pe={parent.pe}): keep pe={parent.pe}"
-                         + (f" or use {can}" if can else ''))
+                         + (f" or use {can}" if can else '') + " (or replace_pe=True: a new pe, learned afresh)")
     try:
-        model.pe.check_parent(parent)
+        if not replace_pe:  # a replaced pe keeps nothing of the parent's
+            model.pe.check_parent(parent)
     except ValueError as e:
         raise ValueError(f"{path}: {e}")
     own = model.state_dict()

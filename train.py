@@ -6,6 +6,8 @@ $ torchrun --standalone --nproc_per_node=8 train.py config/expe_medium.py     # 
 $ python train.py config/demo_cpu.py --pe=alibi --out_dir=out/demo_alibi --init_from=resume   # continue it: same settings
 $ python train.py config/extend_cpu.py --init_from=out/demo_rope --pe=tape --trainable=pe,wte,norm --out_dir=out/ext
                                                                         # a new run from another run's weights
+$ python train.py config/extend_cpu.py --init_from=hf:gpt2 --pe=expe --replace_pe=True   # GPT-2 from the hub, its
+                                                                        # learned table replaced by ExPE (hf.py)
 $ python train.py --help                                                # every setting, its default and what it does
 """
 import math
@@ -19,9 +21,10 @@ from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure, die
-from core import (RunDir, autocast, check_train_settings, default_dtype, learning_rate_at, peak_flops, pick_device,
-                  restore_training_state, signal_name, start_from_checkpoint, start_of_run, train_step)
+from core import (RunDir, autocast, check_train_settings, default_dtype, hf_started_settings, learning_rate_at, peak_flops,
+                  pick_device, restore_training_state, signal_name, start_from_checkpoint, start_of_run, start_wandb, train_step)
 from data import Batches
+from hf import hf_model_args
 from model import GPT, GPTConfig, check_config
 
 # -----------------------------------------------------------------------------
@@ -33,7 +36,10 @@ log_interval = 10         # iterations per log line (and per check that the loss
 eval_iters = 50           # val batches per evaluation (the same batches every time)
 eval_only = False         # evaluate once and exit
 always_save_checkpoint = True  # else only when val loss improves
-init_from = 'scratch'     # 'scratch', 'resume' (from out_dir/ckpt.pt), or a run to start from (its out_dir or ckpt.pt)
+init_from = 'scratch'     # 'scratch', 'resume' (from out_dir/ckpt.pt), a run to start from (its out_dir or ckpt.pt), or
+                          # hf:<hub name or folder>, a Hugging Face GPT-2 or Llama: its settings replace the defaults
+replace_pe = False        # starting from a run: let pe be one that cannot start exactly from it (the parent's positional
+                          # parameters are dropped and the new pe learns from its init)
 overwrite = False         # let a new run (not a resume) replace the checkpoint and log.jsonl already in out_dir
 trainable = ''            # '' = every parameter trains; else some of model.PARAM_GROUPS, e.g. 'pe,wte,norm'
 seed = 1337               # seeds the weights and every batch: a resume must keep it
@@ -67,8 +73,20 @@ min_lr = 0.0              # 0 -> learning_rate / 10 (Chinchilla)
 device = ''               # '' -> cuda if available, else mps, else cpu
 dtype = ''                # '' -> bfloat16 on cuda if supported, else float16 (with GradScaler); float32 off cuda
 compile = True            # torch.compile the model
+# logging: what log.jsonl gets, also to Weights & Biases (pip install wandb; WANDB_MODE=offline works offline)
+wandb_log = False
+wandb_project = 'expe-gpt'
+wandb_run_name = ''       # '' -> the name of out_dir
 # -----------------------------------------------------------------------------
 config = configure(globals())
+if init_from.startswith('hf:') or init_from == 'resume':  # a pretrained model's settings come first (also when such a
+    try:                                                    # run resumes), then the config files and overrides again
+        pretrained = hf_model_args(init_from) if init_from != 'resume' else hf_started_settings(out_dir)
+    except ValueError as e:
+        die(f"init_from: {e}")
+    if pretrained:
+        globals().update(pretrained)
+        config = configure(globals())
 check_train_settings(config)  # every setting is checked before anything is read or written
 
 # -----------------------------------------------------------------------------
@@ -130,8 +148,12 @@ try:
 except ValueError as e:
     die(e)
 if parent_ckpt:
+    known, data = parent_ckpt['meta'].get('tokenizer'), batches.meta.get('tokenizer')
+    if known and data and known != data:  # the same ids would be other text
+        die(f"init_from: {parent['path']} reads tokenizer {known!r} but {data_dir} is {data!r}: prepare the data with "
+            f"python prepare.py --tokenizer {known}")
     try:
-        start_from_checkpoint(model, parent_ckpt, parent['path'])  # refuses what the weights cannot carry
+        start_from_checkpoint(model, parent_ckpt, parent['path'], replace_pe)  # refuses what the weights cannot carry
     except ValueError as e:
         die(f"init_from: {e}")
 try:
@@ -151,10 +173,15 @@ resume = parent_ckpt = None  # free memory
 if master_process:  # out_dir is created only now that every setting and checkpoint has been checked
     run.lock()  # one run per out_dir
     run.start_log(iter_num if init_from == 'resume' else None, iter_num % eval_interval == 0 or iter_num == max_iters)
+    if wandb_log:  # every log.jsonl record goes there too
+        run.wandb = start_wandb(wandb_project, wandb_run_name or os.path.basename(os.path.abspath(out_dir)), config, out_dir)
     print(f"{model.get_num_params() / 1e6:.2f}M parameters, arch={model.config.arch}, pe={model.config.pe}")
     if parent:
         print(f"started from {parent['path']} (iter {parent['iter_num']}, pe={parent['model_args']['pe']}, "
               f"block_size={parent['model_args']['block_size']})")
+        was = parent['model_args']['pe']
+        if replace_pe and model.config.pe != was and was not in model.pe.starts_from:
+            print(f"replace_pe: pe={model.config.pe} learns from its init; the parent's pe={was} parameters are dropped")
     if parent or trainable:
         print(f"{n_trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters train (trainable='{trainable}')")
 raw_model = model
