@@ -190,6 +190,13 @@ def rope_checks(config):
         raise ValueError(f"rope_scaling='{c.rope_scaling}': use '' (none; pos_scale=1/s is linear interpolation), 'ntk' or 'yarn'")
     if c.rope_scaling and not (math.isfinite(c.rope_factor) and c.rope_factor >= 1):
         raise ValueError(f"rope_factor={c.rope_factor} is the extension factor s: a finite number >= 1")
+    D = c.n_embd // c.n_head
+    if c.rope_scaling == 'ntk' and D < 4:
+        raise ValueError(f"rope_scaling=ntk needs a head size of at least 4 (its base grows by s^(D/(D-2))), got head "
+                         f"size {D}: raise n_embd or lower n_head")
+    if c.rope_scaling == 'ntk' and math.log(c.rope_base) + D / (D - 2) * math.log(c.rope_factor) > 88:  # float32's max
+        raise ValueError(f"rope_factor={c.rope_factor!r} overflows the NTK base rope_base * s^(D/(D-2)) in float32: "
+                         "s is new length / trained length (2 to 64 in practice)")
     d = GPTConfig()
     unused = [k for k in ('rope_factor', 'rope_original', 'yarn_alpha', 'yarn_beta') if getattr(c, k) != getattr(d, k)
               and not (c.rope_scaling == 'yarn' or (c.rope_scaling == 'ntk' and k == 'rope_factor'))]
@@ -383,8 +390,8 @@ def yarn_ramp(head_dim, base, original, alpha, beta):
     r(i) = L·θ_i/2π times over the original length L: pairs with r >= β keep θ_i, pairs with r <= α are
     interpolated, and between them the ramp is linear in i, from floor(i where r = β) to ceil(i where r = α),
     as in the authors' code and HF transformers (the paper's Eq. ramps linearly in r: the same outside (α, β))."""
-    def pair(rotations):  # the (real) i at which r(i) = rotations
-        return head_dim * math.log(original / (2 * math.pi * rotations)) / (2 * math.log(base))
+    def pair(rotations):  # the (real) i at which r(i) = rotations; in logs, so any positive α, β stay finite
+        return head_dim * (math.log(original) - math.log(2 * math.pi) - math.log(rotations)) / (2 * math.log(base))
     low, high = max(math.floor(pair(beta)), 0), min(math.ceil(pair(alpha)), head_dim - 1)
     i = torch.arange(head_dim // 2, dtype=torch.float32)
     return ((i - low) / (high - low if high != low else 1e-3)).clamp(0, 1)
@@ -458,6 +465,9 @@ class RandPE(RoPE):
         if c.randpe_max and c.randpe_max < c.block_size:
             raise ValueError(f"randpe_max={c.randpe_max} is below block_size={c.block_size}: "
                              "the random positions of a row must fit in [0, randpe_max); raise it or set 0")
+        if (c.randpe_max or 16 * c.block_size) > 2 ** 24:
+            raise ValueError(f"randpe_max={c.randpe_max or 16 * c.block_size}: positions past 2^24 are not exact in float32 "
+                             f"(RoPE's angles): at most {2 ** 24}")
 
     def train_positions(self, rng, batch_size, T):
         rows = [torch.from_numpy(rng.choice(self.max_pos, size=T, replace=False)) for _ in range(batch_size)]
@@ -492,13 +502,17 @@ class XPos(PE):
     def check(self):
         c = self.config
         rope_checks(c)
-        if c.xpos_gamma <= 0 or c.xpos_scale_base <= 0:
-            raise ValueError(f"xpos_gamma={c.xpos_gamma} and xpos_scale_base={c.xpos_scale_base} must be positive")
+        for k in ('xpos_gamma', 'xpos_scale_base'):
+            if not (math.isfinite(getattr(c, k)) and getattr(c, k) > 0):
+                raise ValueError(f"{k}={getattr(c, k)} must be a finite number > 0")
+        if self.max_len() < c.block_size:
+            raise ValueError(f"xpos_scale_base={c.xpos_scale_base} with xpos_gamma={c.xpos_gamma} lets k's scale pass 2^96 "
+                             f"after {self.max_len()} tokens, fewer than block_size={c.block_size}: raise xpos_scale_base")
 
     def max_len(self):
         c = self.config
-        zeta0 = c.xpos_gamma / (1 + c.xpos_gamma)  # the smallest ζ: k's fastest-growing scale
-        return int(96 * c.xpos_scale_base / (math.log2(1 / zeta0) * c.pos_scale))
+        bits_per_pos = math.log1p(1 / c.xpos_gamma) / math.log(2)  # log2(1/ζ_0), ζ_0 = γ/(1+γ): k's fastest-growing scale
+        return int(96 * c.xpos_scale_base / (bits_per_pos * c.pos_scale))
 
     def setup(self, pos):
         c = self.config
