@@ -22,7 +22,10 @@ import traceback
 
 
 def die(msg):
-    """A user error: one line on stderr, exit status 1, no traceback."""
+    """A user error: one line on stderr, exit status 1, no traceback. Under torchrun only rank 0 says it: every
+    rank meets the same checks, and the others leave with the same exit status (train.py prefixes what only one meets)."""
+    if os.environ.get('RANK', '0') != '0':
+        sys.exit(1)
     sys.exit(f"error: {msg}")
 
 

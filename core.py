@@ -18,6 +18,8 @@ The checkpoint format (ckpt.pt, written by train.py through save_checkpoint, ver
     scaler         dict   GradScaler's          } evaluated and started from, not resumed
     rng_cpu        tensor torch's CPU RNG state  } (dropout continues as if never stopped)
     rng_cuda       tensor or None: the CUDA RNG state of rank 0
+    batches        dict   what decides the batches besides the config: {'data': a fingerprint of meta.json and
+                          the shards' names and sizes, 'processes': how many trained} (a resume checks both)
     parent         dict or None: the run this one started from (init_from=<run>): its path, iter_num,
                           model_args, config and parent
     trainable_params int  how many parameters train (train.py's `trainable`)
@@ -26,6 +28,7 @@ with weights_only=True, so a checkpoint from elsewhere can never run code.
 """
 import contextlib
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -341,10 +344,24 @@ def hf_started_settings(out_dir):
         return {}
 
 
-def start_of_run(s, model_args, device):
+def batches_identity(batches, processes):
+    """What decides a run's batches besides its config (the checkpoint's `batches`): the data, as a fingerprint of its
+    meta.json and each shard's name and size (a folder rebuilt with other options differs), and the process count."""
+    shards = {split: [(os.path.basename(p), len(t)) for p, t in zip(batches.files[split], batches.shards[split])]
+              for split in ('train', 'val')}
+    data = hashlib.sha256(json.dumps([batches.meta, shards], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {'data': data, 'processes': processes}
+
+
+BATCH_SETTINGS = (('data_dir', None), ('passkey_frac', 0.0), ('addition_digits', 0), ('batch_size', None),
+                  ('gradient_accumulation_steps', None))  # with the data and the process count: what a batch is
+
+
+def start_of_run(s, model_args, device, identity=None):
     """What a training run with settings s starts from, checked: (checkpoint to resume or None, parent checkpoint
-    or None, parent: the record of the run it started from, kept in every checkpoint). Exits with one line where
-    it cannot start: nothing to resume, a resume with other settings, a new run over an existing checkpoint."""
+    or None, parent: the record of the run it started from, kept in every checkpoint, what a resume changed in its
+    batches: [] unless resume_other_batches allowed it). Exits with one line where it cannot start: nothing to resume,
+    a resume with other settings or on other batches (identity: batches_identity), a new run over an existing checkpoint."""
     init_from, out_dir = s['init_from'], s['out_dir']
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
     if init_from == 'resume':
@@ -360,27 +377,38 @@ def start_of_run(s, model_args, device):
                 "evaluate it, or start a new run in another out_dir")
         differ = {k: (v, model_args.get(k)) for k, v in resume['model_args'].items() if model_args.get(k) != v}
         old = resume['config']
-        for k, default in (('seed', s['seed']), ('data_dir', s['data_dir']), ('trainable', '')):  # another trainable: another optimizer
-            if old.get(k, default) != s[k] and not (k == 'data_dir' and os.path.realpath(old[k]) == os.path.realpath(s[k])):
-                differ[k] = (old.get(k, default), s[k])  # the batches would differ from the run's own: no exact resume
+        for k, default in (('seed', s['seed']), ('trainable', '')):  # another trainable: another optimizer
+            if old.get(k, default) != s[k]:
+                differ[k] = (old.get(k, default), s[k])
         if differ:
             k, (was, now) = next(iter(differ.items()))
             die(f"{ckpt_path} was trained with {k}={was!r} but this config says {k}={now!r} ({len(differ)} setting(s) differ): "
                 "resume with the same config file and overrides, or use another out_dir")
-        return resume, None, resume.get('parent')
+        was = resume.get('batches') or {}  # absent in checkpoints from before it was recorded
+        other = [f"{k}={old[k]!r}, now {s[k]!r}" for k, _ in BATCH_SETTINGS if k in old and old[k] != s[k]
+                 and not (k == 'data_dir' and (os.path.realpath(old[k]) == os.path.realpath(s[k]) or  # moved, same data
+                                               was.get('data') == (identity or {}).get('data')))]
+        if was.get('data') and identity and was['data'] != identity['data']:
+            other.append(f"the data in {s['data_dir']} (its meta.json or shards changed since)")
+        if was.get('processes') and identity and was['processes'] != identity['processes']:
+            other.append(f"{was['processes']} processes, now {identity['processes']}")
+        if other and not s.get('resume_other_batches'):
+            die(f"{ckpt_path} cannot resume exactly: its batches would differ ({'; '.join(other)}): resume with the data, "
+                "settings and process count it was trained with, or pass --resume_other_batches=True to go on anyway (logged)")
+        return resume, None, resume.get('parent'), other
     if not s['overwrite'] and os.path.exists(ckpt_path):
         die(f"{out_dir} already holds a checkpoint ({ckpt_path}): continue it with --init_from=resume, "
             "use another out_dir, or pass --overwrite=True to replace it")
     if init_from == 'scratch':
-        return None, None, None
+        return None, None, None, []
     try:  # a new run on another run's weights; optimizer and iteration start afresh
         ckpt, path = read_checkpoint(init_from, device)
     except (FileNotFoundError, ValueError) as e:
         die(f"init_from: {e}")
     if os.path.realpath(path) == os.path.realpath(ckpt_path):
         die(f"init_from={init_from} is this run's own checkpoint: continue it with init_from='resume', or use another out_dir")
-    return None, ckpt, {'path': path, 'iter_num': ckpt.get('iter_num'), 'model_args': ckpt['model_args'],
-                        'config': ckpt['config'], 'parent': ckpt.get('parent')}
+    return None, ckpt, {'path': path if path.startswith('hf:') else os.path.abspath(path), 'iter_num': ckpt.get('iter_num'),
+                        'model_args': ckpt['model_args'], 'config': ckpt['config'], 'parent': ckpt.get('parent')}, []
 
 
 def restore_training_state(model, optimizer, scaler, ckpt, path, device_type):
@@ -452,9 +480,14 @@ class RunDir:
             it = r.get('iter', -1) if isinstance(r, dict) else -1
             if it < resume_iter or (it == resume_iter and not ('val_loss' in r and evaluates_again)):
                 keep.append(line if line.endswith('\n') else line + '\n')
-        with open(self.log_path + '.tmp', 'w') as f:
-            f.writelines(keep)
-        os.replace(self.log_path + '.tmp', self.log_path)
+        try:
+            with open(self.log_path + '.tmp', 'w') as f:
+                f.writelines(keep)
+            os.replace(self.log_path + '.tmp', self.log_path)
+        except OSError as e:  # a full disk: the old log and the checkpoint stay as they were
+            if os.path.exists(self.log_path + '.tmp'):
+                os.remove(self.log_path + '.tmp')
+            self.cannot_write(self.log_path, e)
 
     def cannot_write(self, path, e):
         die(f"could not write {path} ({write_reason(e, self.out_dir)}): {self.kept()}")

@@ -13,6 +13,7 @@ $ python train.py --help                                                # every 
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import fields
 
@@ -21,7 +22,7 @@ from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure, die
-from core import (RunDir, autocast, check_train_settings, default_dtype, hf_started_settings, learning_rate_at, peak_flops,
+from core import (RunDir, autocast, batches_identity, check_train_settings, default_dtype, hf_started_settings, learning_rate_at, peak_flops,
                   pick_device, restore_training_state, signal_name, start_from_checkpoint, start_of_run, start_wandb, train_step)
 from data import Batches
 from hf import hf_model_args
@@ -41,6 +42,8 @@ init_from = 'scratch'     # 'scratch', 'resume' (from out_dir/ckpt.pt), a run to
 replace_pe = False        # starting from a run: let pe be one that cannot start exactly from it (the parent's positional
                           # parameters are dropped and the new pe learns from its init)
 overwrite = False         # let a new run (not a resume) replace the checkpoint and log.jsonl already in out_dir
+resume_other_batches = False  # let a resume go on although its batches changed (other data, mix, batch or process count):
+                              # logged in log.jsonl, and no longer the uninterrupted run's batches
 trainable = ''            # '' = every parameter trains; else some of model.PARAM_GROUPS, e.g. 'pe,wte,norm'
 seed = 1337               # seeds the weights and every batch: a resume must keep it
 # data
@@ -88,6 +91,7 @@ if init_from.startswith('hf:') or init_from == 'resume':  # a pretrained model's
         globals().update(pretrained)
         config = configure(globals())
 check_train_settings(config)  # every setting is checked before anything is read or written
+config.update(data_dir=os.path.abspath(data_dir), out_dir=os.path.abspath(out_dir))  # a checkpoint works from any folder
 
 # -----------------------------------------------------------------------------
 # processes, device and precision
@@ -106,6 +110,10 @@ if ddp:
 else:
     ddp_rank, ddp_local_rank, ddp_world_size = 0, 0, 1
 master_process = ddp_rank == 0
+if ddp and not master_process:
+    def quiet_when_a_peer_stopped(kind, e, tb):  # its collective failed because another rank stopped and said why
+        sys.exit(1) if isinstance(e, torch.distributed.DistError) else sys.__excepthook__(kind, e, tb)
+    sys.excepthook = quiet_when_a_peer_stopped
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
 dtype = dtype or default_dtype(device_type)
 torch.manual_seed(seed + ddp_rank)
@@ -128,8 +136,8 @@ vocab_size = batches.vocab_size
 def get_batch(split, k, fixed=False):
     try:
         x, y, pos = batches.get(split, k, fixed, raw_model.pe.train_positions)  # pos: where the pe draws its own
-    except ValueError as e:  # a token id outside the vocabulary
-        die(e)
+    except ValueError as e:  # a token id outside the vocabulary: only this rank may meet it, so it says so itself
+        sys.exit(f"error: {f'rank {ddp_rank}: ' if ddp else ''}{e}")
     if device_type == 'cuda':  # pinned memory lets the copy overlap with compute
         x, y = x.pin_memory(), y.pin_memory()
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True), pos if pos is None else pos.to(device)
@@ -142,7 +150,8 @@ try:
     check_config(GPTConfig(**model_args))  # e.g. an unknown pe, or a knob the pe would ignore
 except ValueError as e:
     die(e)
-resume, parent_ckpt, parent = start_of_run(config, model_args, device)
+identity = batches_identity(batches, ddp_world_size)  # kept in every checkpoint: a resume must see the same batches
+resume, parent_ckpt, parent, other_batches = start_of_run(config, model_args, device, identity)
 try:
     model = GPT(GPTConfig(**model_args))  # the pe checks its own settings here (e.g. rope_base, rope_scaling)
 except ValueError as e:
@@ -173,6 +182,9 @@ resume = parent_ckpt = None  # free memory
 if master_process:  # out_dir is created only now that every setting and checkpoint has been checked
     run.lock()  # one run per out_dir
     run.start_log(iter_num if init_from == 'resume' else None, iter_num % eval_interval == 0 or iter_num == max_iters)
+    if other_batches:  # resume_other_batches=True: said, and kept in the log
+        print(f"warning: resumed on other batches ({'; '.join(other_batches)}): not the uninterrupted run's batches")
+        run.log({'iter': iter_num, 'resumed_with_other_batches': other_batches})
     if wandb_log:  # every log.jsonl record goes there too
         run.wandb = start_wandb(wandb_project, wandb_run_name or os.path.basename(os.path.abspath(out_dir)), config, out_dir)
     print(f"{model.get_num_params() / 1e6:.2f}M parameters, arch={model.config.arch}, pe={model.config.pe}")
@@ -212,12 +224,19 @@ def get_lr(it):
     return learning_rate_at(it, learning_rate, warmup_iters, lr_decay_iters or max_iters, min_lr or learning_rate / 10)
 
 
-def stop_if_diverged():
-    """A non-finite loss ends the run before anything is saved: the last checkpoint stays the good one."""
-    bad = int(bad_iter)  # a sync point: only called where we sync anyway (logging, evaluation)
+def check_in():
+    """A stop request (Ctrl-C, SIGTERM) or a non-finite loss ends the run before anything more is saved: the last
+    checkpoint stays the good one. Under DDP every rank calls this at the same iterations and they decide together
+    (any rank's request or divergence stops all of them at this step), so none is left waiting in a collective."""
+    flags = torch.stack([bad_iter, torch.tensor(stop[0] if stop else -1, device=device)])
+    if ddp:
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    bad, signum = flags.tolist()  # a sync point: only at logging and evaluation steps
     if bad >= 0:
         die(f"the training loss is not finite at iter {bad}: the run diverged and was stopped without saving; {run.kept()} "
             "(lower learning_rate or raise warmup_iters first)")
+    if signum >= 0:
+        die(f"interrupted ({signal_name(signum)}) at iter {iter_num}: {run.kept()}")
 
 
 def on_stop_signal(signum, frame):
@@ -238,8 +257,8 @@ t0 = time.time()
 running_mfu = -1.0
 bad_iter = torch.tensor(-1, device=device)  # the first iteration with a non-finite loss, kept on the device: no sync per step
 while True:
-    if stop:
-        die(f"interrupted ({signal_name(stop[0])}) at iter {iter_num}: {run.kept()}")
+    if iter_num % log_interval == 0 or iter_num % eval_interval == 0 or iter_num == max_iters or (stop and not ddp):
+        check_in()  # every rank at the same iterations (one process: at once on a stop request too)
     lr = get_lr(iter_num) if decay_lr else learning_rate
     for group in optimizer.param_groups:
         group['lr'] = lr
@@ -247,7 +266,6 @@ while True:
     if (iter_num % eval_interval == 0 or iter_num == max_iters) and master_process:
         losses = estimate_loss()
         print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        stop_if_diverged()
         if not all(map(math.isfinite, losses.values())):
             die(f"the evaluated loss is not finite at iter {iter_num} (train {losses['train']}, val {losses['val']}): "
                 f"not saved; {run.kept()}")
@@ -260,7 +278,7 @@ while True:
                     'iter_num': iter_num, 'best_val_loss': best_val_loss, 'optimizer': optimizer.state_dict(),
                     'scaler': scaler.state_dict(), 'rng_cpu': torch.get_rng_state(),
                     'rng_cuda': torch.cuda.get_rng_state() if device_type == 'cuda' else None,
-                    'parent': parent, 'trainable_params': n_trainable})
+                    'parent': parent, 'trainable_params': n_trainable, 'batches': identity})
                 print(f"saved checkpoint to {run.ckpt_path}")
     if iter_num >= max_iters or eval_only:
         break
@@ -273,7 +291,8 @@ while True:
     iter_num += 1
     bad_iter = torch.where(torch.isfinite(loss) | (bad_iter >= 0), bad_iter, iter_num)
     if iter_num % log_interval == 0 and master_process:
-        stop_if_diverged()
+        if not torch.isfinite(loss):  # check_in stops the run at the top of the next iteration; log nothing non-finite
+            continue
         lossf = loss.item()  # a sync point, so only when logging
         if device_type == 'cuda':
             torch.cuda.synchronize()

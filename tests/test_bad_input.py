@@ -170,7 +170,7 @@ def env(tmp_path_factory):
         finish(start(['train.py', *TINY, f"--data_dir={e['data']}", f"--out_dir={e[pe]}", f'--pe={pe}', '--max_iters=2',
                       '--eval_interval=2'], root / 'work'))
         assert (e[pe] / 'ckpt.pt').exists()
-    e['other_data'] = byte_corpus(root / 'other_data')
+    e['other_data'] = byte_corpus(root / 'other_data', train_extra=[65] * 200)  # other text: a copy would resume exactly
     e['bad_val'] = byte_corpus(root / 'bad_val', val_first=[300] * 100)  # ids >= the data's 257, where eval reads
     e['bad_train_padded'] = byte_corpus(root / 'bad_train_padded', train_extra=[300] * 20000)
     e['bad_train_big'] = byte_corpus(root / 'bad_train_big', train_extra=[319] * 20000)

@@ -4,6 +4,11 @@ during a resume's log repair, and what the DDP ranks say. Each case: one line, e
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +16,8 @@ import torch
 import core
 from model import GPT, GPTConfig
 from test_bad_input import TINY, byte_corpus, one_line_error, run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 KNOB_CASES = [  # settings that passed the checks and then crashed (or gave NaN) in the first forward
     (dict(pe='rope', n_embd=8, n_head=4, rope_scaling='ntk', rope_factor=2.0), ['rope_scaling=ntk', 'head size 2']),
@@ -63,3 +70,133 @@ def test_train_and_eval_set_refuse_them_in_one_line(kw, words, tmp_path):
             tmp_path / 'w')
     one_line_error(r, *words)
     assert not (tmp_path / 'x').exists()
+
+
+# -----------------------------------------------------------------------------
+# a resume must see the uninterrupted run's batches
+
+TRAIN = ['train.py', *TINY, '--max_iters=4', '--eval_interval=4']
+
+
+def trained(tmp_path, data, *extra):
+    r = run([*TRAIN, f'--data_dir={data}', f'--out_dir={tmp_path / "run"}', *extra], tmp_path / 'w')
+    assert r.returncode == 0, r.stderr
+    return tmp_path / 'run'
+
+
+def resume(tmp_path, data, *extra):
+    return run([*TRAIN, f'--data_dir={data}', f'--out_dir={tmp_path / "run"}', '--init_from=resume', '--max_iters=8', *extra],
+               tmp_path / 'w')
+
+
+def test_a_resume_on_data_rebuilt_in_the_same_folder_is_refused_unless_asked_and_then_logged(tmp_path):
+    data = byte_corpus(tmp_path / 'data')
+    out = trained(tmp_path, data)
+    byte_corpus(tmp_path / 'data', train_extra=[65] * 500)  # prepare.py run again with other options: the same folder
+    one_line_error(resume(tmp_path, data), 'cannot resume exactly', 'meta.json or shards changed', '--resume_other_batches=True')
+    assert json.loads((out / 'log.jsonl').read_text().splitlines()[-1])['iter'] == 4  # nothing written
+    r = resume(tmp_path, data, '--resume_other_batches=True')
+    assert r.returncode == 0, r.stderr
+    assert 'warning: resumed on other batches' in r.stdout
+    logged = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
+    assert [x for x in logged if 'resumed_with_other_batches' in x][0]['iter'] == 4
+
+
+@pytest.mark.parametrize('changed, words', [
+    (['--passkey_frac=0.5'], ['passkey_frac=0.0, now 0.5']),
+    (['--batch_size=4'], ['batch_size=8, now 4']),
+    (['--gradient_accumulation_steps=2'], ['gradient_accumulation_steps=1, now 2']),
+])
+def test_a_resume_with_another_training_mix_or_batch_is_refused(changed, words, tmp_path):
+    data = byte_corpus(tmp_path / 'data')
+    trained(tmp_path, data, '--block_size=128')  # long enough for a passkey example
+    one_line_error(resume(tmp_path, data, '--block_size=128', *changed), 'cannot resume exactly', *words)
+
+
+def test_the_same_data_moved_elsewhere_resumes_exactly(tmp_path):
+    data = byte_corpus(tmp_path / 'data')
+    trained(tmp_path, data)
+    moved = tmp_path / 'moved'
+    data.rename(moved)
+    r = resume(tmp_path, moved)
+    assert r.returncode == 0, r.stderr
+    assert 'warning' not in r.stdout
+    ckpt, _ = core.read_checkpoint(str(tmp_path / 'run'))
+    assert ckpt['config']['data_dir'] == str(moved) and os.path.isabs(ckpt['config']['out_dir'])  # absolute, from any folder
+    assert ckpt['batches'] == {'data': ckpt['batches']['data'], 'processes': 1} and len(ckpt['batches']['data']) == 16
+
+
+def test_a_resume_on_a_full_disk_keeps_the_log_and_the_checkpoint(tmp_path):
+    data = byte_corpus(tmp_path / 'data')
+    out = trained(tmp_path, data, '--log_interval=1')
+    log = out / 'log.jsonl'
+    lines = log.read_text().splitlines()
+    log.write_text('\n'.join([lines[0]] * 400 + lines) + '\n')  # a long log: rewriting it needs more than the disk has
+    before, ckpt = log.read_bytes(), (out / 'ckpt.pt').read_bytes()
+    r = run([*TRAIN, f'--data_dir={data}', f'--out_dir={out}', '--init_from=resume', '--max_iters=8'], tmp_path / 'w',
+            fsize=len(before) // 2)
+    one_line_error(r, 'could not write', 'log.jsonl', 'intact')
+    assert log.read_bytes() == before and (out / 'ckpt.pt').read_bytes() == ckpt
+    assert not (out / 'log.jsonl.tmp').exists()
+
+
+def test_eval_set_refuses_a_knob_the_model_cannot_compute(tmp_path):
+    data = byte_corpus(tmp_path / 'data')
+    out = run(['train.py', *TINY, '--pe=rope', '--max_iters=2', f'--data_dir={data}', f'--out_dir={tmp_path / "rope"}'],
+              tmp_path / 'w')
+    assert out.returncode == 0, out.stderr
+    r = run(['eval.py', '--ckpt', tmp_path / 'rope', '--ev', '1', '--windows', '1', '--device', 'cpu', '--out', tmp_path / 'ev',
+             '--set', 'rope_scaling=ntk', 'rope_factor=1e300'], tmp_path / 'w')
+    one_line_error(r, 'rope_factor=1e+300')
+
+
+# -----------------------------------------------------------------------------
+# DDP (torchrun, gloo on the CPU): the ranks agree
+
+DDP = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(ROOT / 'train.py'), *TINY,
+       '--gradient_accumulation_steps=2', '--log_interval=1']
+
+
+def workers_errors(stderr):
+    """The workers' own lines (torchrun adds its log and its ChildFailedError report around them)."""
+    return [line for line in stderr.splitlines() if line.startswith('error:')]
+
+
+def test_ddp_sigterm_gives_one_message_and_keeps_the_checkpoint(tmp_path):
+    data = byte_corpus(tmp_path / 'data')
+    p = subprocess.Popen([*DDP, f'--data_dir={data}', f'--out_dir={tmp_path / "run"}', '--max_iters=100000',
+                          '--eval_interval=5'], cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS='1'),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    for _ in range(600):
+        if (tmp_path / 'run' / 'ckpt.pt').exists() or p.poll() is not None:
+            break
+        time.sleep(0.2)
+    time.sleep(1)
+    os.killpg(p.pid, signal.SIGTERM)  # what a scheduler does: every process of the job gets it
+    out, err = p.communicate(timeout=120)
+    assert p.returncode != 0
+    errors = workers_errors(err)
+    assert len(errors) == 1 and 'interrupted (SIGTERM)' in errors[0] and 'is intact' in errors[0], err[-3000:]
+    assert 'no checkpoint was written yet' not in err
+    core.read_checkpoint(str(tmp_path / 'run'))  # readable
+
+
+def test_ddp_divergence_stops_every_rank_with_one_message(tmp_path):
+    data = byte_corpus(tmp_path / 'data')
+    r = subprocess.run([*DDP, f'--data_dir={data}', f'--out_dir={tmp_path / "run"}', '--max_iters=200', '--eval_interval=100',
+                        '--learning_rate=1e6', '--warmup_iters=0', '--grad_clip=0'],
+                       cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    errors = workers_errors(r.stderr)
+    assert len(errors) == 1 and 'not finite' in errors[0], r.stderr[-3000:]
+    assert 'gloo' not in r.stderr.lower() and 'DistBackendError' not in r.stderr
+
+
+def test_a_two_process_run_resumed_by_one_process_is_refused(tmp_path):
+    data = byte_corpus(tmp_path / 'data')
+    r = subprocess.run([*DDP, f'--data_dir={data}', f'--out_dir={tmp_path / "run"}', '--max_iters=4', '--eval_interval=4'],
+                       cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = run(['train.py', *TINY, '--gradient_accumulation_steps=2', f'--data_dir={data}', f'--out_dir={tmp_path / "run"}',
+               '--init_from=resume', '--max_iters=8', '--eval_interval=4', '--log_interval=1'], tmp_path / 'w')
+    one_line_error(one, 'cannot resume exactly', '2 processes, now 1')
