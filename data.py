@@ -34,6 +34,8 @@ import numpy as np
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 MAGIC = {20240520: (1, np.dtype("<u2")), 20240801: (7, np.dtype("<u4"))}  # magic -> (version, token dtype)
+MAX_SHARD_TOKENS = 10**9  # prepare.py builds a shard in memory (4 bytes a token); the header's count is an int32
+MAX_VOCAB = 2**24  # 16.7M: 64x the largest tokenizers in use (~262k); a larger vocab_size is a broken meta.json
 
 # -----------------------------------------------------------------------------
 # shards and meta.json
@@ -101,7 +103,11 @@ def load_meta(data_dir):
         return type(v) is int
     if not isinstance(meta, dict):
         raise ValueError(f"{path} must hold a JSON object, not a {type(meta).__name__}: re-run prepare.py for this folder")
-    for key, ok, what in (("vocab_size", lambda v: is_int(v) and v > 0, "an integer > 0"),
+    # vocab_size sizes a model's embedding table: an absurd one must stop here, not as an out-of-memory later
+    most = 2**16 if meta.get("dtype") == "uint16" else MAX_VOCAB  # uint16 shards hold ids below 65536
+    for key, ok, what in (("dtype", lambda v: v in ("uint16", "uint32"), "uint16 or uint32"),
+                          ("vocab_size", lambda v: is_int(v) and 0 < v <= most, f"an integer from 1 to {most:,}"
+                           + (" (its dtype is uint16)" if most == 2**16 else "")),
                           ("eot", lambda v: is_int(v) and 0 <= v < meta.get("vocab_size", v + 1), "an integer below vocab_size"),
                           ("tokenizer", lambda v: isinstance(v, str), "a string")):
         if key in meta and not ok(meta[key]):
@@ -144,6 +150,7 @@ LOCAL_BUILDERS = {".txt": "text", ".md": "text", ".jsonl": "json", ".json": "jso
 SETTINGS = ["dataset", "subset", "tokenizer", "min_doc_tokens", "max_tokens", "shard_tokens", "val_tokens", "val_every"]
 VAL_EVERY = 10  # the first and every 10th kept document go to val (until val_tokens): a small folder keeps 90% for train
 OWN_FILE = re.compile(r"meta\.json|(train|val)_\d{6}\.bin(\.tmp)?")  # all that prepare.py ever writes in its folders
+TMP_MARK = ".prepare-tmp"  # holds the pid of the prepare.py that made OUT.tmp-PID: only a folder marked so is removed as a leftover
 
 
 def own_output(meta):
@@ -204,26 +211,58 @@ def local_files(path):
         raise FileNotFoundError(f"no .txt/.md/.jsonl/.json/.parquet files in {path}")
     return files
 
+def unreadable(path, e):
+    """The one line for a local file that could not be read: the file, the line of a .jsonl that is not JSON
+    (the reader's own 'row' counts from its block, not the file), why, and the fix."""
+    why = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(".")
+    if path.lower().endswith(".jsonl") and not isinstance(e, OSError):
+        with open(path, "rb") as f:
+            for i, line in enumerate(f, 1):
+                try:
+                    json.loads(line) if line.strip() else None
+                except ValueError as bad:
+                    why = f"line {i}: JSON parse error ({getattr(bad, 'msg', None) or bad})"
+                    break
+    fix = ("save it as UTF-8" if isinstance(e, UnicodeError) else "split it into smaller files" if isinstance(e, MemoryError)
+           else "fix it") + ", or move it out of the dataset"
+    return ValueError(f"cannot read {path}: {why}: {fix}")
+
+def file_rows(builder, files):
+    """(file, row number, row) of local files of one type, read by datasets a file at a time (it streams one
+    shard per file), so that an error names its file."""
+    import datasets
+    try:
+        ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=True,
+                                   **({"sample_by": "document"} if builder == "text" else {}))
+    except Exception as e:  # here it reads the schema of the first file (json, parquet)
+        raise unreadable(files[0], e) from None
+    parts = ((f, ds.shard(len(files), i, contiguous=True)) for i, f in enumerate(files)) if ds.n_shards == len(files) \
+        else [(os.path.commonpath(files), ds)]  # a datasets that shards otherwise: name the folder, not a file
+    for f, part in parts:
+        try:
+            for n, row in enumerate(part, 1):
+                yield f, n, row
+        except Exception as e:  # pyarrow's, datasets' and the codecs' errors have many types; all are this file's
+            raise unreadable(f, e) from None
+
 def streamed_documents(dataset, subset, files):
     import datasets
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a bad file raises; our one line says it, not its log
     if dataset in HF_DATASETS:
-        sources = [(HF_DATASETS[dataset], dict(name=subset))]
+        rows = ((dataset, n, row) for n, row in enumerate(datasets.load_dataset(HF_DATASETS[dataset], name=subset,
+                                                                                 split="train", streaming=True), 1))
     else:
         builders = {}  # one streamed dataset per file type, files in sorted order
         for f in files:
             builders.setdefault(LOCAL_BUILDERS[os.path.splitext(f)[1].lower()], []).append(f)
-        sources = [(b, dict(data_files=fs, **({"sample_by": "document"} if b == "text" else {}))) for b, fs in builders.items()]
-    n = 0
-    for name, kwargs in sources:
-        for row in datasets.load_dataset(name, split="train", streaming=True, **kwargs):
-            if "text" not in row:
-                raise ValueError(f"{dataset}: documents need a 'text' field, found {sorted(row)}")
-            n += 1
-            if not isinstance(row["text"], str):
-                raise ValueError(f"{dataset}: document {n} has a 'text' that is {type(row['text']).__name__}, "
-                                 f"not a string ({str(row['text'])[:40]!r}): fix or drop that row")
-            yield None, None, row["text"]
+        rows = (r for b, fs in builders.items() for r in file_rows(b, fs))
+    for where, n, row in rows:
+        if "text" not in row:
+            raise ValueError(f"{where}: documents need a 'text' field, found {sorted(row)}")
+        if not isinstance(row["text"], str):
+            raise ValueError(f"{where}: document {n} has a 'text' that is {type(row['text']).__name__}, "
+                             f"not a string ({str(row['text'])[:40]!r}): fix or drop that row")
+        yield None, None, row["text"]
 
 # -----------------------------------------------------------------------------
 # tokenization, in worker processes
@@ -334,19 +373,28 @@ def out_dir_problem(out_dir, dataset):
             return f"--out_dir {out_dir} is inside the dataset folder {dataset}: its files would be read as data next time"
     for tmp in glob.glob(glob.escape(out_dir) + ".tmp-*"):  # a killed run's leftovers, named by its pid
         pid = tmp.rsplit("-", 1)[1]
-        if not (pid.isdigit() and os.path.isdir(tmp) and all(OWN_FILE.fullmatch(f) for f in os.listdir(tmp))):
+        if not (pid.isdigit() and os.path.isdir(tmp) and not os.path.islink(tmp)):
+            continue
+        files = os.listdir(tmp)
+        try:  # the mark prepare.py writes first thing: a folder without it is someone's, however it is named
+            with open(os.path.join(tmp, TMP_MARK)) as f:
+                marked = f.read().strip() == pid
+        except OSError:
+            marked = False
+        if not (marked or not files) or not all(OWN_FILE.fullmatch(f) or f == TMP_MARK for f in files):
             continue  # not ours: leave it alone
         busy = f"another prepare.py (pid {pid}) is writing {out_dir}: wait for it to finish (or delete {tmp} if none runs)"
         try:
             if int(pid) != os.getpid():  # our own pid here was reused from a run long gone
                 os.kill(int(pid), 0)
                 return busy
-        except ProcessLookupError:
+        except (ProcessLookupError, OverflowError):  # gone, or no pid at all
             pass
         except PermissionError:  # alive, and someone else's
             return busy
-        shutil.rmtree(tmp, ignore_errors=True)
-        print(f"note: removed {tmp}, left by a prepare.py that was stopped")
+        if marked:  # an empty unmarked one may be a run that has not marked it yet: refused above while it lives
+            shutil.rmtree(tmp, ignore_errors=True)
+            print(f"note: removed {tmp}, left by a prepare.py that was stopped")
     if not os.path.isdir(out_dir) or not os.listdir(out_dir):
         return ""
     try:

@@ -676,6 +676,7 @@ def test_prepare_rebuilds_a_damaged_output_and_removes_a_killed_runs_leftovers(t
     dead = tmp_path / 'tok.tmp-999999999'
     dead.mkdir()
     (dead / 'train_000001.bin').write_bytes(b'half')
+    (dead / data.TMP_MARK).write_text('999999999')  # what every prepare.py writes first into its temporary folder
     foreign = tmp_path / 'tok.tmp-999999998'
     foreign.mkdir()
     (foreign / 'photo.jpg').write_bytes(b'mine')
