@@ -74,9 +74,9 @@ if problem:
 meta = load_meta(out_dir) if os.path.isdir(out_dir) else {}  # checked by out_dir_problem
 def source(d, sub):
     return f"{d} (subset {sub})" if sub else f"{d}"  # a subset of fineweb is a corpus of its own
-if meta and source(meta['dataset'], meta['subset']) != source(dataset, s['subset']) and not overwrite:
+if meta and source(meta.get('dataset'), meta.get('subset')) != source(dataset, s['subset']) and not overwrite:
     # another corpus: a run resumed on this folder would go on training on it
-    die(f"{out_dir} holds the shards of {source(meta['dataset'], meta['subset'])}, not of {source(dataset, s['subset'])}: "
+    die(f"{out_dir} holds the shards of {source(meta.get('dataset'), meta.get('subset'))}, not of {source(dataset, s['subset'])}: "
         "choose another --out_dir, or add --overwrite to replace them")
 if meta and all(meta.get(k) == s[k] for k in SETTINGS):
     try:  # headers and sizes of every shard (not their tokens: that would read everything)
