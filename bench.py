@@ -12,13 +12,14 @@ $ python bench.py --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --voca
 $ python bench.py --mode=eval --evs=1,2,4,8,16                 # cost of long inputs
 """
 import statistics
+import sys
 import time
 
 import numpy as np
 import torch
 
 from configurator import configure, die, exit_on_ctrl_c
-from core import autocast, default_dtype, peak_flops, pick_device
+from core import autocast, default_dtype, free_memory, out_of_memory, peak_flops, pick_device
 from model import ARCHS, GPT, GPTConfig, PES, check_config
 
 # -----------------------------------------------------------------------------
@@ -43,9 +44,9 @@ seed = 1337
 # -----------------------------------------------------------------------------
 configure(globals())
 exit_on_ctrl_c()
-if device and not (device == 'cpu' or device.startswith('cuda')):
-    die(f"device='{device}': use cpu, cuda or cuda:N")
-device = pick_device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+device = pick_device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))  # one that this machine has
+if not (device == 'cpu' or device.startswith('cuda')):
+    die(f"device='{device}': bench.py times cpu, cuda or cuda:N")
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
 dtype = dtype or default_dtype(device_type)
 if dtype not in ('float32', 'bfloat16', 'float16'):
@@ -72,6 +73,10 @@ for arch in arch_list:
         die(f"unknown arch '{arch}' in --archs: choose from {', '.join(ARCHS)}")
 if repeats < 1 or warmup < 0 or batch_size < 1:
     die(f"repeats={repeats}, warmup={warmup}, batch_size={batch_size}: repeats and batch_size must be >= 1, warmup >= 0")
+if seed < 0:
+    die(f"seed={seed}: use a seed >= 0 (numpy's generators take no negative seed)")
+if len(set(ev_list)) < len(ev_list):
+    die(f"evs='{evs}': a multiple is given more than once; name each once")
 for pe in pe_list:  # every shape before any timing
     try:
         check_config(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
@@ -111,6 +116,16 @@ def build(pe, arch):
     return model, (torch.compile(model) if compile else model)
 
 
+def out_of_memory_note(e, what, lower):
+    """The cell of an out-of-memory on any device, after one line naming what ran out and what to lower; any
+    other error goes on."""
+    if not out_of_memory(e):
+        raise e
+    free_memory()
+    print(f"{what} ran out of memory on {device}: n/a in the table; lower {lower}", file=sys.stderr)
+    return 'n/a (out of memory)'
+
+
 def bench_train(pe, arch):
     raw, model = build(pe, arch)
     opt = raw.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device_type)
@@ -127,7 +142,11 @@ def bench_train(pe, arch):
         opt.zero_grad(set_to_none=True)
     if device_type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
-    dt, lo, hi = timed(step)
+    try:
+        dt, lo, hi = timed(step)
+    except (RuntimeError, MemoryError) as e:  # this row is n/a, the rows already timed stay
+        return out_of_memory_note(e, f"{arch} {pe}: a step of {batch_size} x {block_size} tokens",
+                                  f"--batch_size (now {batch_size}) or --block_size")
     tokens = batch_size * block_size
     mfu = raw.flops_per_token(block_size) * tokens / dt / peak if peak else None
     return dt, lo, hi, tokens / dt, mfu, peak_mem()
@@ -149,8 +168,8 @@ def bench_eval(pe, arch, ev):
         torch.cuda.reset_peak_memory_stats()
     try:
         dt = timed(forward)
-    except torch.OutOfMemoryError:
-        return 'out of memory'
+    except (RuntimeError, MemoryError) as e:  # this cell is n/a, the cells already timed stay
+        return out_of_memory_note(e, f"{arch} {pe} at {ev}x = {T} tokens", f"--evs (one forward of {T} tokens)")
     return dt, peak_mem()  # dt = (median, min, max)
 
 
@@ -164,8 +183,12 @@ if mode == 'train':
     unranked = []
     for arch in arch_list:
         results = {pe: bench_train(pe, arch) for pe in pe_list}
-        rope = results.get('rope')
-        for pe, (dt, lo, hi, tok_s, mfu, mem) in results.items():
+        rope = results.get('rope') if isinstance(results.get('rope'), tuple) else None  # None: not run, or out of memory
+        for pe, r in results.items():
+            if isinstance(r, str):  # out of memory
+                print(f"| {arch} | {pe} | {r} | n/a | n/a | n/a | n/a | n/a |")
+                continue
+            dt, lo, hi, tok_s, mfu, mem = r
             ratio = f"{dt / rope[0]:.2f}" if rope else 'n/a'
             mfu_s = f"{100 * mfu:.1f}%" if mfu is not None else 'n/a'
             print(f"| {arch} | {pe} | {1000 * dt:.1f} | {1000 * lo:.1f} - {1000 * hi:.1f} | {tok_s:,.0f} | {mfu_s} | {mem} | {ratio} |")

@@ -58,17 +58,29 @@ PEAK_FLOPS = {  # dense bf16 tensor-core peak per device, FLOP/s (vendor datashe
 }
 
 
+def devices_here():
+    """The devices torch can use on this machine, e.g. ['cpu', 'cuda:0', 'cuda:1']."""
+    found = ['cpu'] + [f'cuda:{i}' for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
+    if torch.backends.mps.is_available():
+        found.append('mps')
+    xpu = getattr(torch, 'xpu', None)  # Intel GPUs, in torch since 2.4
+    if xpu is not None and xpu.is_available():
+        found += [f'xpu:{i}' for i in range(xpu.device_count())]
+    return found
+
+
 def device_problem(device):
-    """Why `device` cannot be used on this machine, or '' if it can."""
+    """Why `device` cannot be used on this machine, or '' if it can: a name torch does not know, or a device
+    it knows (cuda:1, xpu, meta, ...) that this machine lacks. The line names the devices that are here."""
+    here = devices_here()
+    fix = "use one of those (--device=cpu), or '' to pick one"
     try:
         dev = torch.device(device)
     except RuntimeError:
-        return f"device='{device}' is not a device torch knows: use cpu, cuda, cuda:N or mps ('' picks one)"
-    if dev.type == 'cuda' and not (torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()):
-        return f"device='{device}' but this machine has {torch.cuda.device_count()} CUDA device(s): use --device=cpu, or '' to pick one"
-    if dev.type == 'mps' and not torch.backends.mps.is_available():
-        return "device='mps' is not available on this machine: use --device=cpu, or '' to pick one"
-    return ''
+        return f"device='{device}' is not a device torch knows; this machine has {', '.join(here)}: {fix}"
+    if dev.type == 'cpu' or f"{dev.type}:{dev.index or 0}" in here or (dev.type == 'mps' and 'mps' in here):
+        return ''
+    return f"device='{device}' is not available on this machine, which has {', '.join(here)}: {fix}"
 
 
 def pick_device(device=''):
@@ -103,6 +115,41 @@ def peak_flops(device_type):
         return None
     name = torch.cuda.get_device_name()
     return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
+def out_of_memory(e):
+    """Whether exception e is a device running out of memory: CUDA's OutOfMemoryError, the CPU allocator's
+    RuntimeError ("DefaultCPUAllocator: can't allocate memory"), MPS's, or Python's MemoryError."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(e, RuntimeError) and bool(re.search(r"can't allocate memory|could not allocate|out of memory|"
+                                                          r"failed to allocate", str(e), re.IGNORECASE))
+
+
+def free_memory():
+    """After an out-of-memory: give the failed attempt's cached blocks back (CPU memory is freed with its tensors)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# the pos_scale the evaluation scripts accept: 1 is as trained, 1/n fits n x the training length into it
+# (interpolation). Past 16, the positions at 1x already pass 16 x block_size, the longest any pe here trains
+# on (RandPE's default randpe_max, whose expected spacing at 1x is 16) and the longest these scripts evaluate
+# by default; below 1/1024, more than 1024x the training length would be squeezed into it, far past any
+# length evaluated here. Outside, tables fill with NaN (ExPE's values overflow fp32 near 1e19) or with
+# numbers that measure nothing.
+SCALE_RANGE = (1 / 1024, 16.0)
+
+
+def scale_problem(scale, key='--scale '):
+    """Why pos_scale `scale` cannot be evaluated, or '' if it can: not finite, not > 0, or outside SCALE_RANGE.
+    key names the setting in the line ('--scale ', 'scale=', '--set pos_scale=')."""
+    lo, hi = SCALE_RANGE
+    if isinstance(scale, (int, float)) and math.isfinite(scale) and lo <= scale <= hi:
+        return ''
+    return (f"{key}{scale}: pos_scale must be a finite number > 0 from 1/{1 / lo:g} to {hi:g} (1 = as trained, 1/n "
+            f"interpolates n x the training length); past {hi:g} the positions at 1x pass {hi:g} x block_size, the "
+            "longest any pe here trains on")
 
 
 # -----------------------------------------------------------------------------
@@ -165,6 +212,12 @@ def upgrade_checkpoint(ckpt, path):
         if 'data_dir' in data:
             ckpt['config'].setdefault('data_dir', data['data_dir'])
         ckpt['version'] = CHECKPOINT_VERSION
+    for key in ('config', 'meta'):  # a converted checkpoint holds only model and model_args: {} = nothing recorded
+        if ckpt.get(key) is None:
+            ckpt[key] = {}
+        elif not isinstance(ckpt[key], dict):
+            raise ValueError(f"{path}: its {key} is a {type(ckpt[key]).__name__}, not a dict: it was not written by train.py; "
+                             f"save it with {key}={{}} or with what train.py records there")
     ckpt['model'] = {k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()}
     pe = PES.get(ckpt['model_args'].get('pe'))
     for old, new in (pe.renamed if pe else ()):  # checkpoints from before a pe's weights were renamed
@@ -179,6 +232,15 @@ def checkpoint_config(ckpt, path):
     if set(args) - known:
         raise ValueError(f"{path} has model settings this model.py does not know ({', '.join(sorted(set(args) - known))}): "
                          "it comes from another version of the code")
+    defaults = {f.name: f.default for f in fields(GPTConfig)}
+    args = dict(args)
+    for k, v in args.items():  # GPTConfig does not check types: a str n_layer would fail deep in the model
+        want = type(defaults[k])
+        if want is float and type(v) is int:
+            args[k] = float(v)  # a whole number is a float setting's value, as on the command line
+        elif type(v) is not want:
+            raise ValueError(f"{path}: model_args {k}={v!r} is of type {type(v).__name__}, but {k} is {want.__name__} "
+                             "(GPTConfig in model.py): the file was not written by train.py as it is; fix that field")
     config = GPTConfig(**args)
     check_config(config)
     return config
@@ -258,7 +320,19 @@ def model_settings(items):
         if not eq or key not in defaults:
             die(f"--set {item}: use KEY=VALUE, KEY a model setting (a GPTConfig field of model.py)")
         settings[key] = parse_value(key, text, defaults[key], f"--set {item}")
+        if key == 'pos_scale' and scale_problem(settings[key], '--set pos_scale='):
+            die(scale_problem(settings[key], '--set pos_scale='))
     return settings
+
+
+def check_multiples(ev, key='--ev'):
+    """--ev: multiples of the training length, each an integer >= 1, each once (a repeat would print a second
+    column over the same cell). Exits with one line."""
+    if not ev or any(e < 1 for e in ev):
+        die(f"{key} {' '.join(map(str, ev))}: give multiples of the training length, integers >= 1")
+    twice = sorted({e for e in ev if ev.count(e) > 1})
+    if twice:
+        die(f"{key} {' '.join(map(str, ev))}: {', '.join(map(str, twice))} is given more than once; name each multiple once")
 
 
 def save_checkpoint(ckpt, path):
@@ -277,16 +351,64 @@ def save_checkpoint(ckpt, path):
 # -----------------------------------------------------------------------------
 # what a run was trained on
 
-def tokenizer_of(ckpt, name=''):
-    """(encode, decode, eot) of the data a checkpoint was trained on (or of tokenizer `name`)."""
-    meta = ckpt['meta'] or load_meta(ckpt['config'].get('data_dir', ''))
-    name = name or meta.get('tokenizer')
+REPO = os.path.dirname(os.path.abspath(__file__))  # where the scripts live; data/ and out/ default to it
+
+
+def holds_data(folder):
+    """Whether a folder holds prepare.py's output (or llm.c's shards): a meta.json or a shard."""
+    return os.path.isdir(folder) and any(n == 'meta.json' or n.endswith('.bin') for n in os.listdir(folder))
+
+
+def checkpoint_data_dir(ckpt, path, fix='pass --data_dir'):
+    """The data_dir a checkpoint (read from path, its out_dir or ckpt.pt) was trained on, as a path from here.
+    train.py recorded it as given, often relative to the folder it ran in: one that holds no data from the
+    current folder is looked for from the repository's folder, then from the run's folder and its parents;
+    the first that holds data wins. Raises ValueError naming every place tried, and `fix`."""
+    data_dir = trained_with(ckpt, 'data_dir')
+    if not data_dir:
+        raise ValueError(f"{path} does not record the data it was trained on (its config has no data_dir): {fix}")
+    if os.path.isabs(data_dir) or holds_data(data_dir):
+        return data_dir
+    run = os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path) or '.')
+    bases = [os.getcwd(), REPO, run]
+    while os.path.dirname(bases[-1]) != bases[-1]:  # the run's parents, up to the root
+        bases.append(os.path.dirname(bases[-1]))
+    tried = list(dict.fromkeys(os.path.normpath(os.path.join(base, data_dir)) for base in bases))
+    found = next((where for where in tried[1:] if holds_data(where)), None)
+    if found is None:
+        raise ValueError(f"{path} was trained on data_dir={data_dir!r}, which holds no data from the current folder, the "
+                         f"repository's or the run's: tried {', '.join(tried)}; {fix}")
+    return found
+
+
+def data_of(ckpt, path, data_dir=''):
+    """(data_dir, its meta.json) to evaluate a checkpoint on: data_dir (--data_dir), or the run's own
+    (checkpoint_data_dir). Refuses data of another tokenizer than the one the checkpoint was trained on."""
+    where = data_dir or checkpoint_data_dir(ckpt, path)
+    meta = load_meta(where)
+    own, theirs = ckpt['meta'].get('tokenizer'), meta.get('tokenizer')
+    if own and theirs and own != theirs:  # the ids would be read as another tokenizer's: a table of nonsense
+        raise ValueError(f"{where} holds tokens of tokenizer {theirs!r} (its meta.json), but {path} was trained on "
+                         f"{own!r}: pass a --data_dir prepared with --tokenizer {own}")
+    return where, meta
+
+
+def tokenizer_of(ckpt, name='', path='', key='--tokenizer'):
+    """(encode, decode, eot) of the data a checkpoint (read from path) was trained on, or of tokenizer `name` for a
+    checkpoint that does not name its own; key names that setting in an error line."""
+    own = ckpt['meta'].get('tokenizer')
+    if not (own or name) and trained_with(ckpt, 'data_dir'):  # an early run kept its meta.json in its data_dir only
+        own = load_meta(checkpoint_data_dir(ckpt, path, f"pass {key}")).get('tokenizer')
+    name = name or own
     if not name:
-        raise ValueError("the checkpoint's data has no meta.json naming its tokenizer: pass --tokenizer")
+        raise ValueError(f"{path or 'the checkpoint'} does not name its tokenizer (no meta.json in it or its data): pass {key}")
     encode, decode, eot, vocab = get_tokenizer(name)
     if vocab > ckpt['model_args']['vocab_size']:  # its ids would index past the model's embedding table
         raise ValueError(f"tokenizer {name!r} has {vocab:,} tokens, more than the model's vocab_size "
                          f"{ckpt['model_args']['vocab_size']}: use the tokenizer it was trained with")
+    if own and name != own:  # another tokenizer's ids would mean other text to the model: silent nonsense
+        raise ValueError(f"{path or 'the checkpoint'} was trained on tokenizer {own!r}, not {name!r}: leave out {key} "
+                         "(it names the tokenizer of a checkpoint whose data had no meta.json)")
     return encode, decode, eot
 
 
@@ -537,6 +659,49 @@ def write_reason(e, folder):
         return f"{reason}, {shutil.disk_usage(folder).free / 2**20:,.0f} MiB free there"
     except OSError:
         return reason
+
+
+def out_folder(out):
+    """Create an evaluation's --out folder and check now, not after the evaluation, that files can be written
+    there (a read-only mount, a file in the way, no permission). Exits with one line if not."""
+    probe = os.path.join(out, f".write-test-{os.getpid()}")
+    try:
+        os.makedirs(out, exist_ok=True)
+        with open(probe, 'w'):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        die(f"cannot write --out {out} ({e.strerror}): choose a folder you can write to")
+
+
+def replace_file(path, write):
+    """Write path whole or not at all: write(tmp) fills a temporary file beside it (with path's extension, so
+    matplotlib knows the format), which then replaces path. Raises OSError; nothing half-written stays."""
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp-{os.getpid()}{ext}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_results(files, out, kept):
+    """Write the files [(path, write(tmp_path))] of a finished evaluation (write: e.g. partial(write_text, text)),
+    each through replace_file, AFTER its results were printed: a write error (a full disk, a read-only mount)
+    is one line naming the file and saying what is `kept` (the results printed above)."""
+    for path, write in files:
+        try:
+            replace_file(path, write)
+        except OSError as e:
+            die(f"could not write {path} ({write_reason(e, out)}): {kept}; free some space or pass another --out "
+                "to have the files")
+
+
+def write_text(text, path):
+    with open(path, 'w') as f:
+        f.write(text)
 
 
 def train_step(model, optimizer, scaler, micro_batches, ctx, grad_clip):

@@ -13,16 +13,15 @@ eval.json, and the per-position loss at the longest length (per_position.csv, pe
 earlier eval there is kept unless --overwrite.
 """
 import json
-import math
 import os
 import sys
-
-import torch
+from functools import partial
 
 from configurator import configure, die, exit_on_ctrl_c
-from core import autocast, load_models, model_settings, pick_device, trained_with
-from data import load_meta, val_tokens
-from evaluation import STRETCH_EV, cannot_run, window_losses, write_curves
+from core import (autocast, check_multiples, data_of, free_memory, load_models, model_settings, out_folder, out_of_memory,
+                  pick_device, scale_problem, write_results, write_text)
+from data import val_tokens
+from evaluation import STRETCH_EV, cannot_run, plot_curves, window_losses, write_curves_csv
 
 # -----------------------------------------------------------------------------
 # settings (core.configure: --key value or --key=value)
@@ -40,10 +39,11 @@ dtype = ''                # float32 | bfloat16 ('' -> bfloat16 on cuda, else flo
 # -----------------------------------------------------------------------------
 configure(globals())
 exit_on_ctrl_c()
-if any(e < 1 for e in ev) or windows < 1:
-    die("--ev multiples and --windows must be positive integers")
-if scale is not None and not (math.isfinite(scale) and scale > 0):
-    die(f"--scale {scale}: pos_scale must be a finite number > 0 (1 = as trained)")
+check_multiples(ev)
+if windows < 1:
+    die(f"--windows {windows}: use a positive number of windows")
+if scale is not None and scale_problem(scale):
+    die(scale_problem(scale))
 if batch_tokens < 1:
     die(f"--batch_tokens {batch_tokens}: use a positive number of tokens per forward pass")
 if dtype not in ('', 'float32', 'bfloat16'):
@@ -53,14 +53,15 @@ if scale is not None and 'pos_scale' in settings:
     die("--scale and --set pos_scale=... say the same thing: give one")
 device = device or pick_device()  # a device asked for is checked where the checkpoints load
 loaded = load_models(ckpt, device, settings, scale, unscalable='keep')  # a pe without positions to scale: n/a below
+try:  # each run's val data, found (a relative data_dir from wherever it was meant) and checked before --out is touched
+    datas = [data_of(ck, path, data_dir) for path, _, ck in loaded]
+except ValueError as e:
+    die(e)
 OUT_FILES = ('eval.md', 'eval.json', 'per_position.csv', 'per_position.png')
 found = [n for n in OUT_FILES if os.path.exists(os.path.join(out, n))]
 if found and not overwrite:
     die(f"{out} already holds an earlier run ({', '.join(found)}): pass another --out, or --overwrite to replace it")
-try:  # now, not after the whole evaluation
-    os.makedirs(out, exist_ok=True)
-except OSError as e:
-    die(f"cannot write --out {out} ({e.strerror}): choose a folder you can write to")
+out_folder(out)  # now, not after the whole evaluation
 ctx = autocast(device, dtype)
 
 # -----------------------------------------------------------------------------
@@ -70,12 +71,11 @@ T_max = max(m.config.block_size for _, m, _ in loaded)
 longest, stretch = max_ev * T_max, max(STRETCH_EV, max_ev) * T_max
 n_tokens = windows * stretch
 rows, curves = [], {}
-for path, model, ck in loaded:
+for (path, model, ck), (where, meta) in zip(loaded, datas):
     T, pe = model.config.block_size, model.config.pe
-    where = data_dir or trained_with(ck, 'data_dir')
     try:
         tokens = val_tokens(where, n_tokens + 1)
-        vocab = min(model.config.vocab_size, load_meta(where).get('vocab_size') or model.config.vocab_size)
+        vocab = min(model.config.vocab_size, meta.get('vocab_size') or model.config.vocab_size)
     except (FileNotFoundError, ValueError) as e:
         die(e)
     if len(tokens) and tokens.max() >= vocab:
@@ -89,7 +89,7 @@ for path, model, ck in loaded:
     row = {'ckpt': path, 'pe': pe, 'arch': model.config.arch, 'scale': model.config.pos_scale if scale is None else scale,
            'block_size': T, 'set': settings, 'data_dir': where, 'iter': ck.get('iter_num'), 'cells': {}}
     for e in ev:
-        cell = {'length': e * T}
+        cell, note = {'length': e * T}, ''
         na = cannot_run(model, e * T, scale if scale is not None else model.config.pos_scale)
         try:
             if na:
@@ -99,12 +99,17 @@ for path, model, ck in loaded:
                 cell.update(loss=losses.mean().item(), tokens=losses.numel(), windows=losses.size(0))
                 if e == max_ev:
                     curves[path] = (losses.mean(0).numpy(), T, pe)
-        except torch.OutOfMemoryError:
+        except (RuntimeError, MemoryError) as oom:  # on any device: this cell is n/a, the ones computed stay
+            if not out_of_memory(oom):
+                raise
+            free_memory()
             cell['na'] = 'out of memory'
-            torch.cuda.empty_cache()
+            several = batch_tokens // (e * T) > 1  # windows per forward pass
+            note = (f", {e * T} tokens on {device}: lower --batch_tokens (now {batch_tokens})" if several else
+                    f": one window of {e * T} tokens does not fit on {device}; lower --ev or use a larger device")
         row['cells'][e] = cell
-        print(f"{path} {e}x: " + (f"{cell['loss']:.4f} over {cell['tokens']:,} tokens" if 'loss' in cell else f"n/a ({cell['na']})"),
-              file=sys.stderr)
+        print(f"{path} {e}x: " + (f"{cell['loss']:.4f} over {cell['tokens']:,} tokens" if 'loss' in cell
+                                  else f"n/a ({cell['na']}{note})"), file=sys.stderr)
     rows.append(row)
 
 # -----------------------------------------------------------------------------
@@ -120,13 +125,11 @@ lines += ['', f"Mean cross-entropy (nats/token) on val; each cell averages the s
               f"target tokens, from non-overlapping windows ({lengths} tokens)."]
 table = '\n'.join(lines)
 print(table)
-try:  # the table is on stdout already: a full disk loses no result
-    with open(os.path.join(out, 'eval.md'), 'w') as f:
-        f.write(table + '\n')
-    with open(os.path.join(out, 'eval.json'), 'w') as f:
-        json.dump({'ev': ev, 'scale': scale, 'set': settings, 'tokens_per_cell': n_tokens, 'rows': rows}, f, indent=1)
-    if curves:
-        write_curves(curves, max_ev, scale or 1.0, out)
-except OSError as e:
-    die(f"could not write {out} ({e.strerror}); the table above is the result")
+result = {'ev': ev, 'scale': scale, 'set': settings, 'tokens_per_cell': n_tokens, 'rows': rows}
+files = [(os.path.join(out, 'eval.md'), partial(write_text, table + '\n')),
+         (os.path.join(out, 'eval.json'), partial(write_text, json.dumps(result, indent=1)))]
+if curves:
+    files += [(os.path.join(out, 'per_position.csv'), partial(write_curves_csv, curves)),
+              (os.path.join(out, 'per_position.png'), partial(plot_curves, curves, max_ev, scale or 1.0))]
+write_results(files, out, 'the table printed above is the result')  # after the print: a late write error loses nothing
 print(f"wrote {out}/eval.md, eval.json" + (", per_position.csv, per_position.png" if curves else ''), file=sys.stderr)

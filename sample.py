@@ -10,7 +10,7 @@ import math
 import torch
 
 from configurator import configure, die, exit_on_ctrl_c
-from core import autocast, load_models, pick_device, tokenizer_of
+from core import autocast, load_models, pick_device, scale_problem, tokenizer_of
 
 # -----------------------------------------------------------------------------
 # settings (core.configure: --key value or --key=value)
@@ -34,14 +34,14 @@ if not (math.isfinite(temperature) and temperature >= 0):
     die(f"--temperature {temperature}: use a finite number >= 0 (0 = always the likeliest token)")
 if top_k < 0:
     die(f"--top_k {top_k}: use a number of tokens >= 0 (0 = all)")
-if scale is not None and not (math.isfinite(scale) and scale > 0):
-    die(f"--scale {scale}: pos_scale must be a finite number > 0 (1 = as trained)")
+if scale is not None and scale_problem(scale):
+    die(scale_problem(scale))
 if dtype not in ('', 'float32', 'bfloat16'):
     die(f"--dtype {dtype}: use float32 or bfloat16")
 device = device or pick_device()  # a device asked for is checked where the checkpoint loads
 (_, model, checkpoint), = load_models([ckpt], device, scale=scale)
 try:
-    encode, decode, eot = tokenizer_of(checkpoint, tokenizer)
+    encode, decode, eot = tokenizer_of(checkpoint, tokenizer, ckpt)
     if start.startswith('FILE:'):
         try:
             with open(start[5:], encoding='utf-8') as f:

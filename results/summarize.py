@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from configurator import configure  # noqa: E402
-from evaluation import write_curves  # noqa: E402
+from evaluation import plot_curves, write_curves_csv  # noqa: E402
 
 files = []                # eval.json files of eval.py, in the order their rows should appear
 configure(globals())
@@ -55,5 +55,6 @@ T = first['rows'][0]['block_size']
 curves = {pe: (np.mean(cs, axis=0), T, pe) for pe, cs in by_pe.items()}
 out = os.path.join(os.path.dirname(os.path.dirname(paths[0])), 'cpu_per_position')
 os.makedirs(out, exist_ok=True)
-write_curves(curves, max(first['ev']), first['rows'][0]['scale'], out)
+write_curves_csv(curves, os.path.join(out, 'per_position.csv'))
+plot_curves(curves, max(first['ev']), first['rows'][0]['scale'], os.path.join(out, 'per_position.png'))
 print(f"\nPer-position plot (seeds averaged): {out}/per_position.png", file=sys.stderr)
