@@ -444,6 +444,8 @@ def check_train_settings(s):
             "the checkpoint in out_dir")
     if s['trainable'] and set(s['trainable'].split(',')) - set(PARAM_GROUPS):
         die(f"trainable='{s['trainable']}': use a comma-separated list of {', '.join(PARAM_GROUPS)} ('' = all)")
+    if scale_problem(s['pos_scale'], 'pos_scale='):  # the model's knob, set here for training too
+        die(scale_problem(s['pos_scale'], 'pos_scale='))
     if s['dtype'] not in ('', *DTYPES):
         die(f"dtype='{s['dtype']}': use float32, bfloat16 or float16")
     out_dir = s['out_dir']

@@ -268,6 +268,9 @@ def expe_values(pos, l, start, theta, stable=False):
     return start + theta * (pos.float()[:, None] + i[None, :])  # (T, l)
 
 
+EXPE_MAX_VALUE = 1e6  # the largest ExPE/ExQPE value accepted (at 16x the training length): q·k stays finite in fp32
+
+
 def expe_project(c_attn, x, values, n_out):
     """The first n_out C-wide outputs of c_attn (q, k; and v with expe_v) on φ(x, n): x (B, T, C)
     with its first l channels replaced by values (T, l)."""
@@ -318,6 +321,10 @@ class ExPE(PE):
         if not (math.isfinite(c.expe_start) and math.isfinite(c.expe_theta) and c.expe_theta >= 0):
             raise ValueError(f"expe_start={c.expe_start} and expe_theta={c.expe_theta} must be finite "
                              "(θ >= 0, 0 = 1/(2T))")
+        top = c.pos_scale * (abs(c.expe_start) + abs(self.spacing(c)) * (16 * c.block_size + (c.expe_dims or c.n_embd // 4)))
+        if top > EXPE_MAX_VALUE:  # q·k of such inputs overflows fp32: a table of NaN
+            raise ValueError(f"expe_start={c.expe_start}, step {self.spacing(c):g}: the values reach {top:.3g} at 16 x block_size, "
+                             f"more than {EXPE_MAX_VALUE:g}, past which q·k overflows fp32: use a smaller start or step")
 
     def values(self, pos):
         c = self.config
@@ -358,7 +365,7 @@ class ExQPE(ExPE):
 
     def spacing(self, c):
         """δ (0 -> the power of two nearest to l/(2T), so every value is exact in bf16)."""
-        return c.exqpe_step or 2.0 ** round(math.log2(self.l / (2 * c.block_size)))
+        return c.exqpe_step or 2.0 ** round(math.log2((c.expe_dims or c.n_embd // 4) / (2 * c.block_size)))
 
     def check(self):
         super().check()
@@ -633,6 +640,9 @@ class FIRE(PE):
         c = self.config
         if c.fire_width < 1 or c.fire_c <= 0 or c.fire_L <= 0:
             raise ValueError(f"fire_width={c.fire_width}, fire_c={c.fire_c}, fire_L={c.fire_L} must be positive")
+        if c.fire_L > 2 ** 24 or c.fire_c > 1e30:  # ψ(x) = log(c·x + 1) of positions up to 2^24 must stay finite in fp32
+            raise ValueError(f"fire_c={c.fire_c} (at most 1e30) and fire_L={c.fire_L} (at most 2^24, the exact float32 "
+                             "positions): past them ψ = log(c·x + 1) overflows fp32")
 
     def setup(self, pos):
         # per query row (pos): c and 1/(ψ(max(L, i)) + 1e-6), as tables that score_bias indexes:

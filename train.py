@@ -22,7 +22,7 @@ from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure, die
-from core import (RunDir, autocast, batches_identity, check_train_settings, default_dtype, hf_started_settings, learning_rate_at, peak_flops,
+from core import (RunDir, autocast, batches_identity, check_train_settings, default_dtype, out_of_memory, hf_started_settings, learning_rate_at, peak_flops,
                   pick_device, restore_training_state, signal_name, start_from_checkpoint, start_of_run, start_wandb, train_step)
 from data import Batches
 from hf import hf_model_args
@@ -156,6 +156,10 @@ try:
     model = GPT(GPTConfig(**model_args))  # the pe checks its own settings here (e.g. rope_base, rope_scaling)
 except ValueError as e:
     die(e)
+except (RuntimeError, MemoryError) as e:
+    if not out_of_memory(e):
+        raise
+    die(f"out of memory building the model ({n_layer} layers x n_embd={n_embd}, vocab_size={vocab_size}): lower them")
 if parent_ckpt:
     known, data = parent_ckpt['meta'].get('tokenizer'), batches.meta.get('tokenizer')
     if known and data and known != data:  # the same ids would be other text
@@ -239,6 +243,13 @@ def check_in():
         die(f"interrupted ({signal_name(signum)}) at iter {iter_num}: {run.kept()}")
 
 
+def stop_if_out_of_memory(e, when):
+    if not out_of_memory(e):
+        raise e
+    die(f"out of memory {when} ({batch_size} x {block_size} tokens a micro-batch on {device}): lower batch_size (raise "
+        f"gradient_accumulation_steps to keep the batch), block_size or the model; {run.kept()}")
+
+
 def on_stop_signal(signum, frame):
     if stop:  # a second signal: stop now (an unfinished write only ever leaves ckpt.pt.tmp behind)
         die(f"interrupted ({signal_name(signum)}) at iter {iter_num}: {run.kept()}")
@@ -264,7 +275,10 @@ while True:
         group['lr'] = lr
 
     if (iter_num % eval_interval == 0 or iter_num == max_iters) and master_process:
-        losses = estimate_loss()
+        try:
+            losses = estimate_loss()
+        except (RuntimeError, MemoryError) as e:
+            stop_if_out_of_memory(e, f"evaluating at iter {iter_num}")
         print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         if not all(map(math.isfinite, losses.values())):
             die(f"the evaluated loss is not finite at iter {iter_num} (train {losses['train']}, val {losses['val']}): "
@@ -287,7 +301,10 @@ while True:
 
     # forward, backward and update, with gradient accumulation over the micro-batches
     micro = [get_batch('train', iter_num * gradient_accumulation_steps + i) for i in range(gradient_accumulation_steps)]
-    loss = train_step(model, optimizer, scaler, micro, ctx, grad_clip)
+    try:
+        loss = train_step(model, optimizer, scaler, micro, ctx, grad_clip)
+    except (RuntimeError, MemoryError) as e:
+        stop_if_out_of_memory(e, f"training iter {iter_num}")
     iter_num += 1
     bad_iter = torch.where(torch.isfinite(loss) | (bad_iter >= 0), bad_iter, iter_num)
     if iter_num % log_interval == 0 and master_process:

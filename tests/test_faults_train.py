@@ -200,3 +200,33 @@ def test_a_two_process_run_resumed_by_one_process_is_refused(tmp_path):
     one = run(['train.py', *TINY, '--gradient_accumulation_steps=2', f'--data_dir={data}', f'--out_dir={tmp_path / "run"}',
                '--init_from=resume', '--max_iters=8', '--eval_interval=4', '--log_interval=1'], tmp_path / 'w')
     one_line_error(one, 'cannot resume exactly', '2 processes, now 1')
+
+
+# -----------------------------------------------------------------------------
+# found by probing other values of the same kinds (beyond the list)
+
+@pytest.mark.parametrize('kw, words', [
+    (dict(pe='fire', fire_c=1e300), ['fire_c=1e+300', 'at most 1e30']),
+    (dict(pe='fire', fire_L=math.inf), ['fire_L=inf']),
+    (dict(pe='expe', expe_theta=1e30), ['values reach', 'overflows fp32']),
+    (dict(pe='expe', expe_start=-1e30), ['expe_start=-1e+30']),
+    (dict(pe='exqpe', exqpe_step=1e30), ['values reach']),
+])
+def test_other_knobs_past_what_fp32_computes_are_refused(kw, words):
+    with pytest.raises(ValueError) as e:
+        GPT(cfg(**kw))
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+@pytest.mark.parametrize('kw', [dict(pe='fire', fire_c=1e30, fire_L=2.0 ** 24),
+                                dict(pe='expe', expe_theta=900.0), dict(pe='exqpe', exqpe_step=900.0)])
+def test_the_largest_accepted_other_knobs_give_a_finite_forward(kw):
+    test_an_extreme_knob_that_is_accepted_gives_a_finite_forward(kw)
+
+
+def test_train_refuses_an_absurd_pos_scale_and_says_out_of_memory_in_one_line(tmp_path):
+    data = byte_corpus(tmp_path / 'data')
+    base = ['train.py', *TINY, f'--data_dir={data}', f'--out_dir={tmp_path / "x"}', '--max_iters=2']
+    one_line_error(run([*base, '--pe=rope', '--pos_scale=1e30'], tmp_path / 'w'), 'pos_scale=1e+30')
+    one_line_error(run([*base, '--pe=fire', '--fire_width=10000000'], tmp_path / 'w'), 'out of memory')
+    assert not (tmp_path / 'x' / 'ckpt.pt').exists()
