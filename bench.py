@@ -14,6 +14,7 @@ $ python bench.py --mode=eval --evs=1,2,4,8,16                 # cost of long in
 import statistics
 import sys
 import time
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -41,6 +42,9 @@ warmup = 3                # untimed steps first (compile, allocator, caches)
 repeats = 10              # timed steps; the median and the min - max are reported
 threads = 1               # CPU threads: 1 keeps rows comparable on a shared machine; 0 = torch's default (one per core)
 seed = 1337
+# every pe's knobs (model.GPTConfig), at their defaults: each pe gets the ones it owns
+KNOBS = {f.name: f.default for f in fields(GPTConfig) if any(f.name in p.knobs for p in PES.values())}
+globals().update(KNOBS)
 # -----------------------------------------------------------------------------
 configure(globals())
 exit_on_ctrl_c()
@@ -77,10 +81,25 @@ if seed < 0:
     die(f"seed={seed}: use a seed >= 0 (numpy's generators take no negative seed)")
 if len(set(ev_list)) < len(ev_list):
     die(f"evs='{evs}': a multiple is given more than once; name each once")
-for pe in pe_list:  # every shape before any timing
+knobs_set = {k: globals()[k] for k, default in KNOBS.items() if globals()[k] != default}
+for k, v in knobs_set.items():
+    if not any(k in PES[pe].knobs for pe in pe_list):  # it would change no row
+        die(f"{k}={v!r} belongs to pe={'/'.join(n for n, p in PES.items() if k in p.knobs)}, none of --pes {pes}: "
+            "add one of them or leave it at its default")
+
+
+def config_of(pe, arch='gpt2'):
+    """The model of one row: the shared sizes, and the knobs set on the command line that this pe owns."""
+    own = {k: v for k, v in knobs_set.items() if k in PES[pe].knobs}
+    return GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                     bias=bias, arch=arch, pe=pe, **own)
+
+
+for pe in pe_list:  # every shape and knob before any timing
     try:
-        check_config(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                               n_embd=n_embd, bias=bias, pe=pe))
+        config = config_of(pe)
+        check_config(config)
+        GPT(config)  # the pe's own checks
     except ValueError as e:
         die(e)
 
@@ -111,8 +130,7 @@ def peak_mem():
 
 def build(pe, arch):
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                          n_embd=n_embd, bias=bias, arch=arch, pe=pe)).to(device)
+    model = GPT(config_of(pe, arch)).to(device)
     return model, (torch.compile(model) if compile else model)
 
 

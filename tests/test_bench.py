@@ -59,3 +59,16 @@ def test_bad_pe():
     assert p.returncode != 0 and "unknown pe 'bogus'" in p.stderr and 'Traceback' not in p.stderr
     p, _ = bench('--threads=-1')
     assert p.returncode != 0 and 'threads=-1' in p.stderr and 'Traceback' not in p.stderr
+
+
+def test_every_pe_knob_reaches_the_pes_that_own_it():
+    """bench.py takes every GPTConfig field a pe owns and gives each pe only its own: rope gets the NTK knobs while
+    alibi, in the same table, would refuse them; a knob reaches its pe's own checks; a knob no benchmarked pe owns
+    changes no row and is refused."""
+    p, rows = bench('--pes=rope,alibi', '--rope_scaling=ntk', '--rope_factor=2')
+    assert p.returncode == 0, p.stderr
+    assert [r[1] for r in rows[1:]] == ['rope', 'alibi']
+    p, _ = bench('--pes=rope', '--rope_scaling=yarn')  # rope's own check sees the knob: YaRN needs rope_original
+    assert p.returncode != 0 and 'needs rope_original' in p.stderr and 'Traceback' not in p.stderr
+    p, _ = bench('--pes=expe', '--rope_base=500')
+    assert p.returncode != 0 and 'rope_base=500.0 belongs to pe=rope/' in p.stderr and 'Traceback' not in p.stderr

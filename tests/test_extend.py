@@ -280,7 +280,8 @@ def test_tape_and_randpe_take_the_extensions_and_xpos_refuses():
     z = GPT(cfg('tape', **ext)).pe.setup(torch.arange(8))['z']
     assert torch.equal(z[0, 0, :, :C // H // 2], rope_cos[:, :C // H // 2])  # TAPE's initial state is YaRN's RoPE
     assert torch.equal(GPT(cfg('randpe', **ext)).pe.setup(torch.arange(8))['rope'][0], rope_cos)
-    with pytest.raises(ValueError, match='only applies to pe=rope/tape/randpe, not pe=xpos'):
+    owners = '/'.join(name for name, p in PES.items() if 'rope_scaling' in p.knobs)  # a new RoPE variant joins them
+    with pytest.raises(ValueError, match=f'only applies to pe={owners}, not pe=xpos'):
         GPT(cfg('xpos', **ext))
 
 

@@ -326,10 +326,13 @@ class Toy(PE):
 
 
 def add_toy(src):
-    """model.py with the toy pe: its section before PES, its name in PES."""
+    """model.py with the toy pe: its section before PES, its name added at the end of PES (whatever is last there)."""
     marker = '# -----------------------------------------------------------------------------\n# Every pe, by the name'
-    assert src.count(marker) == 1 and src.count("    'xpos': XPos,\n}") == 1
-    return src.replace(marker, TOY + marker).replace("    'xpos': XPos,\n}", "    'xpos': XPos,\n    'toy': Toy,\n}")
+    start = src.index('\nPES = {')
+    end = src.index('\n}', start)  # the dict's closing brace
+    assert src.count(marker) == 1
+    src = src[:end] + "\n    'toy': Toy," + src[end:]
+    return src.replace(marker, TOY + marker)
 
 
 def test_toy_pe_runs_in_every_script(byte_data, tmp_path):
