@@ -809,7 +809,8 @@ def dense_bias(pe, tables, n_head, past, Tq, Tk, device):
     h = torch.arange(n_head, device=device)[:, None, None]
     q_pos = torch.arange(past, past + Tq, device=device)[None, :, None]
     k_pos = torch.arange(Tk, device=device)[None, None, :]
-    return pe.score_bias(h, q_pos, k_pos, tables).float().masked_fill(k_pos > q_pos, float('-inf'))
+    seen = torch.minimum(k_pos, q_pos)  # a future key is scored as the query's own: a pe never sees a negative distance,
+    return pe.score_bias(h, q_pos, seen, tables).float().masked_fill(k_pos > q_pos, float('-inf'))  # so no NaN gradient
 
 
 def attention(q, k, v, pe, tables, past, dropout_p, fp32=False):

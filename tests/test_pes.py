@@ -404,3 +404,24 @@ def test_train_py_gives_randpe_its_positions_and_resume_is_exact(byte_data, tmp_
     train(byte_data, tmp_path / 'b', '--pe=randpe', '--max_iters=3', '--eval_interval=3')
     b = train(byte_data, tmp_path / 'b', '--pe=randpe', '--max_iters=6', '--eval_interval=3', '--init_from=resume')
     assert [r['loss'] for r in a if 'loss' in r] == [r['loss'] for r in b if 'loss' in r]
+
+
+def test_a_bias_undefined_for_future_keys_gives_finite_gradients(monkeypatch):
+    """The dense bias path evaluates score_bias for every (query, key) before the causal mask: a pe whose bias is only
+    defined for keys at or before the query (log of the distance, no abs) must still get finite gradients."""
+    class LogDistance(M.PE):
+        has_bias = True
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.slopes = torch.nn.Parameter(torch.ones(config.n_head))
+
+        def score_bias(self, h, q_pos, k_pos, tables):
+            return -self.slopes[h] * torch.log1p((q_pos - k_pos).float())  # NaN for a future key (distance < -1)
+    monkeypatch.setitem(M.PES, 'logdistance', LogDistance)
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16, pe='logdistance'))
+    x = torch.randint(64, (2, 16))
+    _, loss = m(x, x)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(m.pe.slopes.grad).all() and m.pe.slopes.grad.abs().sum() > 0
