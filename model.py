@@ -441,9 +441,14 @@ class RoPE(PE):
     def check(self):
         rope_checks(self.config)
 
+    def frequencies(self, device):
+        """θ_i (D/2,) and the factor on q and k: the hook a RoPE variant overrides to change the frequencies
+        (e.g. drop some), keeping the rotation, the length extensions and the KV cache as they are."""
+        return rope_frequencies(self.config, device)
+
     def setup(self, pos):
         c = self.config
-        inv_freq, m = rope_frequencies(c, pos.device)
+        inv_freq, m = self.frequencies(pos.device)
         cos, sin = rope_cos_sin(pos * c.pos_scale, c.n_embd // c.n_head, c.rope_base, inv_freq)
         return {'rope': (cos, sin) if m == 1 else (cos * m, sin * m)}
 

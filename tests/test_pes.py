@@ -425,3 +425,21 @@ def test_a_bias_undefined_for_future_keys_gives_finite_gradients(monkeypatch):
     _, loss = m(x, x)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(m.pe.slopes.grad).all() and m.pe.slopes.grad.abs().sum() > 0
+
+
+def test_a_rope_variant_changes_only_its_frequencies_through_the_hook(monkeypatch):
+    """RoPE.frequencies is the one place a variant changes θ_i: here a p-RoPE-like variant keeping the highest
+    frequencies (the lowest set to 0: those dims stop rotating), with setup, rotation and cache left to RoPE."""
+    class HalfRoPE(M.RoPE):
+        def frequencies(self, device):
+            inv_freq, m = super().frequencies(device)
+            keep = torch.arange(len(inv_freq), device=device) < len(inv_freq) // 2  # θ_i falls with i: keep the fast half
+            return inv_freq * keep, m
+    monkeypatch.setitem(M.PES, 'halfrope', HalfRoPE)
+    c = GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16, pe='halfrope')
+    cos, sin = GPT(c).pe.setup(torch.arange(5))['rope']
+    D = 8
+    for i in range(D // 2):
+        theta = 10000.0 ** (-2 * i / D) if i < D // 4 else 0.0
+        for n in range(5):
+            assert abs(cos[n, i].item() - math.cos(n * theta)) < 1e-6 and abs(sin[n, i + D // 2].item() - math.sin(n * theta)) < 1e-6
