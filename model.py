@@ -797,8 +797,8 @@ def bias_flex(q, k, v, pe, tables, past):
         _flex_attention = torch.compile(flex_attention, dynamic=False)
     Tq, Tk = q.size(-2), k.size(-2)
 
-    def score_mod(score, b, h, q_idx, kv_idx):
-        return score + pe.score_bias(h, q_idx + past, kv_idx, tables)
+    def score_mod(score, b, h, q_idx, kv_idx):  # a future key is scored as the query's own, as in dense_bias
+        return score + pe.score_bias(h, q_idx + past, torch.minimum(kv_idx, q_idx + past), tables)
 
     def causal(b, h, q_idx, kv_idx):
         return q_idx + past >= kv_idx
