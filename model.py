@@ -259,8 +259,8 @@ class Learned(PE):
 # projection: W·φ(x, n) = W[:, l:]·x[l:] + W[:, :l]·p_n, the position part in fp32, computed once
 # for all rows, and q, k are returned in fp32. bf16 precision: S + θ(n+i) is far finer than bf16
 # (neighbouring positions share one value from n = 256 at θ = 1/2048), and past the training
-# length the position part dominates q and k, so rounding q, k to bf16 costs 0.11 nats at 16x
-# (docs/pes.md, "bf16"). So at inference their logits are computed in fp32 (fp32_logits); in training
+# length the position part dominates q and k, so rounding q, k to bf16 costs 0.094 nats at 16x
+# (results/bf16.md; docs/pes.md, "bf16"). So at inference their logits are computed in fp32 (fp32_logits); in training
 # (n < block_size, small values) bf16 attention costs nothing measurable and keeps flash kernels.
 
 def expe_values(pos, l, start, theta, stable=False):
