@@ -21,10 +21,13 @@ import sys
 import traceback
 
 
+RANK = 0  # train.py under torchrun sets its process's rank here: only rank 0 says why a run stops
+
+
 def die(msg):
-    """A user error: one line on stderr, exit status 1, no traceback. Under torchrun only rank 0 says it: every
-    rank meets the same checks, and the others leave with the same exit status (train.py prefixes what only one meets)."""
-    if os.environ.get('RANK', '0') != '0':
+    """A user error: one line on stderr, exit status 1, no traceback. In a DDP run only rank 0 says it: every rank
+    meets the same checks, and the others leave with the same exit status (train.py prefixes what only one meets)."""
+    if RANK:
         sys.exit(1)
     sys.exit(f"error: {msg}")
 

@@ -21,9 +21,11 @@ import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import configurator
 from configurator import configure, die
-from core import (RunDir, autocast, batches_identity, check_train_settings, default_dtype, out_of_memory, hf_started_settings, learning_rate_at, peak_flops,
-                  pick_device, restore_training_state, signal_name, start_from_checkpoint, start_of_run, start_wandb, train_step)
+from core import (RunDir, autocast, batches_identity, check_train_settings, default_dtype, hf_started_settings,
+                  learning_rate_at, out_of_memory, peak_flops, pick_device, restore_training_state, signal_name,
+                  start_from_checkpoint, start_of_run, start_wandb, train_step)
 from data import Batches
 from hf import hf_model_args
 from model import GPT, GPTConfig, check_config
@@ -81,6 +83,7 @@ wandb_log = False
 wandb_project = 'expe-gpt'
 wandb_run_name = ''       # '' -> the name of out_dir
 # -----------------------------------------------------------------------------
+configurator.RANK = int(os.environ.get('RANK', 0))  # under torchrun every rank checks the same settings: rank 0 speaks
 config = configure(globals())
 if init_from.startswith('hf:') or init_from == 'resume':  # a pretrained model's settings come first (also when such a
     try:                                                    # run resumes), then the config files and overrides again

@@ -230,3 +230,11 @@ def test_train_refuses_an_absurd_pos_scale_and_says_out_of_memory_in_one_line(tm
     one_line_error(run([*base, '--pe=rope', '--pos_scale=1e30'], tmp_path / 'w'), 'pos_scale=1e+30')
     one_line_error(run([*base, '--pe=fire', '--fire_width=10000000'], tmp_path / 'w'), 'out of memory')
     assert not (tmp_path / 'x' / 'ckpt.pt').exists()
+
+
+def test_only_train_py_under_ddp_keeps_a_non_zero_rank_quiet(tmp_path):
+    """RANK in the environment (a cluster may export it) silences no other script's error line."""
+    env = dict(os.environ, RANK='1', OMP_NUM_THREADS='1')
+    r = subprocess.run([sys.executable, str(ROOT / 'eval.py'), '--ckpt', str(tmp_path / 'none'), '--device', 'cpu'],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.startswith('error: no checkpoint at'), r.stderr
