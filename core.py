@@ -702,7 +702,7 @@ def write_results(files, out, kept):
 
 
 def write_text(text, path):
-    with open(path, 'w') as f:
+    with open(path, 'w', encoding='utf-8') as f:  # tables hold '·', tokenizer files any character
         f.write(text)
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 from dataclasses import asdict
+from functools import partial
 
 import torch
 
@@ -208,8 +209,8 @@ def llama_args(hf, source):
 
 def write_hf(ckpt, folder):
     """Write ckpt's model to folder as transformers reads it: config.json, model.safetensors, and GPT-2's tokenizer
-    where the model reads it (needs transformers). Returns what was written. ValueError (one line) for a model that
-    no Hugging Face class computes."""
+    where the model reads it. Returns what was written. ValueError (one line) for a model that no Hugging Face class
+    computes; OSError where the folder cannot be written (each file is whole or absent: core.replace_file)."""
     a = ckpt['model_args']
     state = {k: v.detach().float().cpu().contiguous() for k, v in ckpt['model'].items()}
     if (a['arch'], a['pe']) == ('gpt2', 'learned'):
@@ -223,13 +224,11 @@ def write_hf(ckpt, folder):
     config.update(bos_token_id=eot, eos_token_id=eot, torch_dtype='float32')
     os.makedirs(folder, exist_ok=True)
     from safetensors.torch import save_file
-    written = []
-    for name, write in (('model.safetensors', lambda p: save_file(weights, p, metadata={'format': 'pt'})),
-                        ('config.json', lambda p: open(p, 'w').write(json.dumps(config, indent=2) + '\n'))):
-        path = os.path.join(folder, name)
-        write(path + '.tmp')  # moved into place only when whole
-        os.replace(path + '.tmp', path)
-        written.append(name)
+
+    from core import replace_file, write_text  # core reads hf: checkpoints through this module, so imported here
+    replace_file(os.path.join(folder, 'model.safetensors'), lambda p: save_file(weights, p, metadata={'format': 'pt'}))
+    replace_file(os.path.join(folder, 'config.json'), partial(write_text, json.dumps(config, indent=2) + '\n'))
+    written = ['model.safetensors', 'config.json']
     if (ckpt.get('meta') or {}).get('tokenizer') == 'gpt2':
         try:
             written += write_gpt2_tokenizer(folder, a['block_size'])
@@ -321,8 +320,7 @@ def write_gpt2_tokenizer(folder, max_length):
              'tokenizer_config.json': json.dumps({'tokenizer_class': 'GPT2Tokenizer', 'model_max_length': max_length,
                                                   'bos_token': eot, 'eos_token': eot, 'unk_token': eot,
                                                   'add_prefix_space': False}, indent=2)}
+    from core import replace_file, write_text  # as in write_hf
     for name, text in files.items():
-        with open(os.path.join(folder, name + '.tmp'), 'w', encoding='utf-8') as f:
-            f.write(text)
-        os.replace(os.path.join(folder, name + '.tmp'), os.path.join(folder, name))
+        replace_file(os.path.join(folder, name), partial(write_text, text))
     return list(files)
