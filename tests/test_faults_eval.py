@@ -21,7 +21,7 @@ from data import write_shard
 from model import GPT, PES, GPTConfig
 from test_bad_input import LINUX, ROOT, TINY, byte_corpus, finish, one_line_error, run
 
-NAME = 'data/faults_eval_byte_corpus'  # relative, as train.py records it; never a folder of the repository's own data/
+NAME = f'data/faults_eval_byte_corpus_{os.getpid()}'  # relative, as old runs recorded it; a name no data/ of the repo has
 
 
 @pytest.fixture(scope='module')
