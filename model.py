@@ -87,6 +87,15 @@ class GPTConfig:
     # xPos (Sun et al. 2022): RoPE with q scaled by ζ_i^(n/γ_base) and k by ζ_i^(-n/γ_base)
     xpos_gamma: float = 0.4     # ζ_i = (2i/D + γ) / (1 + γ) for the pair of frequency i
     xpos_scale_base: float = 512.0  # γ_base
+    # KERPLE (Chi et al. 2022), log variant: head h adds -r1·log(1 + r2·|i - j|), r1, r2 > 0 learned per block and head
+    # p-RoPE (Barbero et al. 2025): RoPE on the highest fraction p of the frequencies; the lowest (1 - p) do not rotate
+    prope_p: float = 0.75       # p (the paper tries 0.25 and 0.75)
+    # CoPE (Golovneva et al. 2024): positions are sums of gates σ(q·k) over the keys, interpolated in a learned table
+    cope_npos: int = 0          # positions in the table (larger ones clamp to the last); 0 -> block_size
+    # FoX (Lin et al. 2025): a forget gate per head, f_t = σ(w·x_t + b); logits get Σ log f over the keys between, no pe else
+    # log-n attention (Qwen; YaRN's and Scalable-Softmax's idea): for any pe, q at position n >= block_size is
+    # multiplied by log(n + 1) / log(block_size), so logits grow with the log of the context past the training length
+    logn_attn: bool = False
 
 
 # =============================================================================
@@ -99,8 +108,12 @@ class GPTConfig:
 #                                   (or (B, T): a training batch's own, from train_positions)
 #   project(c_attn, x, st, layer)   the normalized attention input (B, T, C) -> q, k, v (B, T, C)
 #   rotate(q, k, v, st, layer)      q, k, v per head (B, H, T, D), before the KV cache and attention
-#   bias_tables(st, layer)          what score_bias needs in this block (tensors), if has_bias
-#   score_bias(h, q_pos, k_pos, tables)  added to the attention logits, if has_bias (see attention())
+#   kept(x, st, layer)              per-key values (B, H, T) to keep for every key, past ones too: the KV cache
+#                                   keeps them beside k, v (FoX's log forget gates); None = nothing
+#   bias_tables(st, layer, kept)    what score_bias or logit_bias need in this block (tensors); kept: all keys'
+#   score_bias(b, h, q_pos, k_pos, tables)  added to the attention logits, if has_bias (see attention())
+#   logit_bias(q, k, tables, past)  added to the logits from q and every key, if has_logit_bias: content-aware
+#                                   pes (CoPE); dense attention (a (B, H, Tq, Tk) tensor), on every device
 #   after_attention(y, st, layer)   the attention output per head (B, H, T, D')
 #   after_block(f, st, layer)       the block's MLP output (B, T, C)
 # `st` is the dict setup returned; a pe may update it from block to block (TAPE does).
@@ -117,7 +130,8 @@ class PE(nn.Module):
     """The shape every pe has. On its own it adds nothing: it is `nope` (causal attention alone)."""
     knobs = ()          # GPTConfig fields that belong to this pe
     scalable = False    # does pos_scale mean anything (are there position values to scale)?
-    has_bias = False    # does it add score_bias to the attention logits?
+    has_bias = False    # does it add score_bias to the attention logits (one score at a time: FlexAttention on CUDA)?
+    has_logit_bias = False  # does it add logit_bias (from q and all keys: dense attention)?
     fp32_logits = False # at inference under autocast, must q·k be computed in fp32 (not bf16)?
     renamed = ()        # (old state-dict name pattern, new name) for checkpoints from before a rename
     starts_from = ()    # other pes whose trained weights this pe starts from exactly (its own parts start at zero)
@@ -161,15 +175,28 @@ class PE(nn.Module):
     def rotate(self, q, k, v, st, layer):
         return q, k, v
 
-    def bias_tables(self, st, layer):
-        """Tensors score_bias needs in this block. Picked here, outside score_bias, so that one compiled
-        FlexAttention kernel serves every block (a block index inside it would compile one per block)."""
+    def kept(self, x, st, layer):
+        """Per-key values (B, H, T) from this block's normalized attention input x (B, T, C) that bias_tables needs
+        for every key: the KV cache keeps them, so a chunk after a cache still sees the past keys'. None = none."""
         return None
 
-    def score_bias(self, h, q_pos, k_pos, tables):
-        """The logit bias of head h, query position q_pos and key position k_pos: broadcast index grids on
-        the dense path, 0-d tensors inside FlexAttention. So: elementwise ops and table indexing only.
-        Keys after the query (masked anyway) must still index in range."""
+    def bias_tables(self, st, layer, kept):
+        """Tensors score_bias (or logit_bias) needs in this block; kept: the per-key values of every key (KV cache
+        included), or None. Picked here, outside score_bias, so that one compiled FlexAttention kernel serves every
+        block (a block index inside it would compile one per block)."""
+        return None
+
+    def score_bias(self, b, h, q_pos, k_pos, tables):
+        """The logit bias of batch row b, head h, query position q_pos and key position k_pos: broadcast index
+        grids on the dense path, 0-d tensors inside FlexAttention. So: elementwise ops and table indexing only.
+        Positions are indices into the input (KV cache included), 0..Tk-1; a key after the query (masked
+        anyway) arrives as the query's own position, so a bias defined for k_pos <= q_pos only is safe."""
+        raise NotImplementedError
+
+    def logit_bias(self, q, k, tables, past):
+        """The logit bias (B, H, Tq, Tk) of queries q (B, H, Tq, D) at positions past..past+Tq-1 over every key
+        k (B, H, Tk, D): for pes that need q against all keys at once (CoPE). The causal mask is added after;
+        keys after a query must still give finite values (use causal_mask)."""
         raise NotImplementedError
 
     def after_attention(self, y, st, layer):
@@ -557,7 +584,7 @@ class ALiBi(PE):
         super().__init__(config)
         self.register_buffer('slopes', alibi_slopes(config.n_head), persistent=False)
 
-    def score_bias(self, h, q_pos, k_pos, tables):
+    def score_bias(self, b, h, q_pos, k_pos, tables):
         return -self.slopes[h] * self.config.pos_scale * (q_pos - k_pos)
 
 
@@ -590,7 +617,7 @@ class T5(PE):
             raise ValueError(f"t5_buckets={c.t5_buckets}, t5_max_distance={c.t5_max_distance}: need at least 2 "
                              "buckets and a max distance above half of them")
 
-    def score_bias(self, h, q_pos, k_pos, tables):
+    def score_bias(self, b, h, q_pos, k_pos, tables):
         c = self.config
         dist = (q_pos - k_pos).clamp(min=0) * c.pos_scale  # future keys (masked) get bucket 0, as in T5
         return self.rel.weight[t5_bucket(dist, c.t5_buckets, c.t5_max_distance), h]
@@ -661,10 +688,10 @@ class FIRE(PE):
                 tables.append((pos[0], c.expand(len(pos)).contiguous(), den, *fire_pieces(b.w1, b.b1, b.w2, b.b2)))
         return {'fire': tables}
 
-    def bias_tables(self, st, layer):
+    def bias_tables(self, st, layer, kept):
         return st['fire'][0 if self.config.fire_shared else layer]
 
-    def score_bias(self, h, q_pos, k_pos, tables):
+    def score_bias(self, b, h, q_pos, k_pos, tables):
         pos0, c, den, kinks, A, B = tables
         row = q_pos - pos0  # the query's row in the per-query tables
         dist = (q_pos - k_pos).clamp(min=0) * self.config.pos_scale
@@ -763,6 +790,114 @@ class TAPE(PE):
 
 
 # -----------------------------------------------------------------------------
+# kerple (KERPLE, Chi et al. 2022), its log variant: head h of each block adds -r1·log(1 + r2·|i - j|) to its
+# logits, with r1, r2 > 0 learned per block and head (kept positive by clamping at 0.01, as the paper does).
+# Init: r1 ~ U(0, 2), r2 ~ U(0, 1) per head (our choice: spread heads like ALiBi's slopes, not all alike).
+
+class KERPLE(PE):
+    scalable = True  # multiplies the distances
+    has_bias = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        L, H = config.n_layer, config.n_head
+        self.r1 = nn.Parameter(torch.rand(L, H) * 2)
+        self.r2 = nn.Parameter(torch.rand(L, H))
+
+    def bias_tables(self, st, layer, kept):
+        return self.r1[layer].clamp(min=0.01), self.r2[layer].clamp(min=0.01)
+
+    def score_bias(self, b, h, q_pos, k_pos, tables):
+        r1, r2 = tables
+        return -r1[h] * torch.log1p(r2[h] * self.config.pos_scale * (q_pos - k_pos))
+
+
+# -----------------------------------------------------------------------------
+# prope (p-RoPE, Barbero et al. 2025): RoPE on the highest fraction p of its frequencies; the lowest
+# D/2·(1 - p) get θ = 0, so their dims never rotate and can carry content across any distance.
+
+class PRoPE(RoPE):
+    knobs = ROPE_KNOBS + ('prope_p',)
+
+    def check(self):
+        super().check()
+        p = self.config.prope_p
+        if not 0 <= p <= 1:
+            raise ValueError(f"prope_p={p} is the fraction of RoPE frequencies kept: use a value from 0 to 1")
+
+    def frequencies(self, device):
+        inv_freq, m = super().frequencies(device)
+        keep = round(self.config.prope_p * len(inv_freq))  # θ_i falls with i: the first `keep` are the highest
+        return torch.where(torch.arange(len(inv_freq), device=device) < keep, inv_freq, 0.0), m
+
+
+# -----------------------------------------------------------------------------
+# cope (CoPE, Golovneva et al. 2024): head h gives key j a position relative to query i that counts only
+# the keys the query "gates in": p_ij = Σ_{t=j..i} σ(q_i·k_t/√D), clamped to cope_npos - 1. The logit
+# gets q_i·e[p_ij], with e (head size x cope_npos, shared by the heads of a block, zero at init) read
+# between its two nearest integer rows. No other pe: the gates see content, so it needs q against every
+# key at once (logit_bias: dense attention, no FlexAttention, on every device).
+
+def causal_mask(Tq, Tk, past, device):
+    """(Tq, Tk) True where key j comes after query past + i (j > past + i): what attention masks out."""
+    return torch.ones(Tq, Tk, dtype=torch.bool, device=device).triu(diagonal=past + 1)
+
+
+class CoPE(PE):
+    knobs = ('cope_npos',)
+    has_logit_bias = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        D = config.n_embd // config.n_head
+        self.npos = config.cope_npos or config.block_size
+        self.emb = nn.Parameter(torch.zeros(config.n_layer, D, self.npos))
+
+    def check(self):
+        if self.config.cope_npos < 0:
+            raise ValueError(f"cope_npos={self.config.cope_npos} must be >= 0 (0 = block_size)")
+
+    def bias_tables(self, st, layer, kept):
+        return self.emb[layer]
+
+    def logit_bias(self, q, k, tables, past):
+        future = causal_mask(q.size(2), k.size(2), past, q.device)
+        gates = torch.sigmoid(q @ k.transpose(-1, -2) * q.size(-1) ** -0.5).masked_fill(future, 0.0)
+        pos = gates.flip(-1).cumsum(-1).flip(-1).clamp(max=self.npos - 1)  # p_ij = Σ_{t >= j} g_it (future ones 0)
+        z = q @ tables.to(q.dtype)  # q_i·e[p] at every integer p (B, H, Tq, npos)
+        lo = pos.floor()
+        z_lo, z_hi = z.gather(-1, lo.long()), z.gather(-1, pos.ceil().long())
+        return z_lo + (pos - lo) * (z_hi - z_lo)
+
+
+# -----------------------------------------------------------------------------
+# fox (Forgetting Transformer, Lin et al. 2025): each block has a forget gate per head and token,
+# f_t = σ(w_h·x_t + b_h) from the normalized attention input; query i's logit for key j gets
+# Σ_{t=j+1..i} log f_t = c_i - c_j, c the running sum of log f over the keys (so older keys fade at
+# a rate the content sets). No other pe, as in the paper; the "Pro" block extras are not built.
+# c is per batch row: the bias tables carry it (B, H, Tk) and score_bias indexes it by row, so it
+# runs in FlexAttention on CUDA; the KV cache keeps each key's log f (kept) for later chunks.
+
+class FoX(PE):
+    has_bias = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.gates = nn.ModuleList(nn.Linear(config.n_embd, config.n_head) for _ in range(config.n_layer))
+
+    def kept(self, x, st, layer):
+        with torch.autocast(x.device.type, enabled=False):  # a running sum of thousands of logs: fp32
+            return F.logsigmoid(self.gates[layer](x.float())).transpose(1, 2)  # log f (B, H, T)
+
+    def bias_tables(self, st, layer, kept):
+        return (kept.cumsum(-1),)  # c (B, H, Tk)
+
+    def score_bias(self, b, h, q_pos, k_pos, tables):
+        c, = tables
+        return c[b, h, q_pos] - c[b, h, k_pos]
+
+
+# -----------------------------------------------------------------------------
 # Every pe, by the name `config.pe` uses. A new pe: its class above, its name here.
 
 PES = {
@@ -778,13 +913,18 @@ PES = {
     't5': T5,
     'randpe': RandPE,
     'xpos': XPos,
+    'kerple': KERPLE,
+    'prope': PRoPE,
+    'cope': CoPE,
+    'fox': FoX,
 }
 
 
 # -----------------------------------------------------------------------------
 # Attention, shared by every pe: causal SDPA (flash / memory-efficient kernels where possible),
-# and one path for pes that add a score bias: a dense (H, Tq, Tk) bias on CPU, FlexAttention on
-# CUDA, which computes the bias per score and stores no T x T tensor (it has no dropout).
+# one path for pes that add a score bias: a dense (B, H, Tq, Tk) bias on CPU, FlexAttention on
+# CUDA, which computes the bias per score and stores no T x T tensor (it has no dropout), and a
+# dense path for pes whose bias needs q against every key at once (logit_bias).
 
 _flex_attention = None  # compiled once on first use
 _block_masks = {}
@@ -798,7 +938,7 @@ def bias_flex(q, k, v, pe, tables, past):
     Tq, Tk = q.size(-2), k.size(-2)
 
     def score_mod(score, b, h, q_idx, kv_idx):  # a future key is scored as the query's own, as in dense_bias
-        return score + pe.score_bias(h, q_idx + past, torch.minimum(kv_idx, q_idx + past), tables)
+        return score + pe.score_bias(b, h, q_idx + past, torch.minimum(kv_idx, q_idx + past), tables)
 
     def causal(b, h, q_idx, kv_idx):
         return q_idx + past >= kv_idx
@@ -809,13 +949,15 @@ def bias_flex(q, k, v, pe, tables, past):
     return _flex_attention(q, k, v, score_mod=score_mod, block_mask=_block_masks[key])
 
 
-def dense_bias(pe, tables, n_head, past, Tq, Tk, device):
-    """(H, Tq, Tk) score bias of the queries at past..past+Tq-1, with the causal mask folded in."""
-    h = torch.arange(n_head, device=device)[:, None, None]
-    q_pos = torch.arange(past, past + Tq, device=device)[None, :, None]
-    k_pos = torch.arange(Tk, device=device)[None, None, :]
+def dense_bias(pe, tables, n_head, past, Tq, Tk, device, batch=1):
+    """(batch, H, Tq, Tk) score bias of the queries at past..past+Tq-1 (a pe that ignores the batch row gives
+    (1, H, Tq, Tk)), with the causal mask folded in."""
+    b = torch.arange(batch, device=device)[:, None, None, None]
+    h = torch.arange(n_head, device=device)[None, :, None, None]
+    q_pos = torch.arange(past, past + Tq, device=device)[None, None, :, None]
+    k_pos = torch.arange(Tk, device=device)[None, None, None, :]
     seen = torch.minimum(k_pos, q_pos)  # a future key is scored as the query's own: a pe never sees a negative distance,
-    return pe.score_bias(h, q_pos, seen, tables).float().masked_fill(k_pos > q_pos, float('-inf'))  # so no NaN gradient
+    return pe.score_bias(b, h, q_pos, seen, tables).float().masked_fill(k_pos > q_pos, float('-inf'))  # so no NaN gradient
 
 
 def attention(q, k, v, pe, tables, past, dropout_p, fp32=False):
@@ -826,17 +968,19 @@ def attention(q, k, v, pe, tables, past, dropout_p, fp32=False):
         with torch.autocast(q.device.type, enabled=False):
             return attention(q.float(), k.float(), v.float(), pe, tables, past, dropout_p).to(v.dtype)
     Tq, Tk = q.size(2), k.size(2)
+    if pe.has_logit_bias:
+        bias = pe.logit_bias(q, k, tables, past).masked_fill(causal_mask(Tq, Tk, past, q.device), float('-inf'))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p)
     if pe.has_bias:
         if q.is_cuda and Tq > 1 and dropout_p == 0.0:
             return bias_flex(q, k, v, pe, tables, past)
-        bias = dense_bias(pe, tables, q.size(1), past, Tq, Tk, q.device)
+        bias = dense_bias(pe, tables, q.size(1), past, Tq, Tk, q.device, q.size(0))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p)
     if past == 0:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     if Tq == 1:  # one new token sees every cached key
         return F.scaled_dot_product_attention(q, k, v)
-    mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=past)  # a chunk after a cache
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=~causal_mask(Tq, Tk, past, q.device))  # a chunk after a cache
 
 
 # -----------------------------------------------------------------------------
@@ -860,18 +1004,21 @@ def make_norm(config):
 
 
 class KVCache:
-    """Keys (already rotated/encoded) and values of past tokens, one entry per layer."""
+    """Keys (already rotated/encoded), values and the pe's kept per-key values of past tokens, one entry per layer."""
     def __init__(self, n_layer):
         self.k = [None] * n_layer
         self.v = [None] * n_layer
+        self.kept = [None] * n_layer
         self.pos = 0  # tokens seen so far = position of the next token
 
-    def update(self, layer, k, v):
+    def update(self, layer, k, v, kept=None):
         if self.k[layer] is not None:
             k = torch.cat((self.k[layer], k), dim=2)
             v = torch.cat((self.v[layer], v), dim=2)
-        self.k[layer], self.v[layer] = k, v
-        return k, v
+            if kept is not None:
+                kept = torch.cat((self.kept[layer], kept), dim=2)
+        self.k[layer], self.v[layer], self.kept[layer] = k, v, kept
+        return k, v, kept
 
 
 class CausalSelfAttention(nn.Module):
@@ -882,17 +1029,21 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.dropout, self.layer = config.n_head, config.dropout, layer
+        self.logn_attn, self.block_size = config.logn_attn, config.block_size
 
     def forward(self, x, pe, st, cache=None):
         B, T, C = x.size()
         q, k, v = pe.project(self.c_attn, x, st, self.layer)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         q, k, v = pe.rotate(q, k, v, st, self.layer)
-        past = 0
+        kept = pe.kept(x, st, self.layer)
+        past = cache.pos if cache is not None else 0
+        if self.logn_attn:  # q past the training length grows with the log of the context (1 before it)
+            n = torch.arange(past, past + T, device=x.device)
+            q = q * (torch.log1p(n.float()) / math.log(self.block_size)).clamp(min=1.0)[:, None].to(q.dtype)
         if cache is not None:
-            past = cache.pos
-            k, v = cache.update(self.layer, k, v)
-        y = attention(q, k, v, pe, pe.bias_tables(st, self.layer), past, self.dropout if self.training else 0.0,
+            k, v, kept = cache.update(self.layer, k, v, kept)
+        y = attention(q, k, v, pe, pe.bias_tables(st, self.layer, kept), past, self.dropout if self.training else 0.0,
                       pe.fp32_logits and not self.training)
         y = pe.after_attention(y, st, self.layer)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
@@ -942,7 +1093,7 @@ class Block(nn.Module):
 PARAM_GROUPS = ('pe', 'wte', 'lm_head', 'norm', 'attn', 'mlp')
 # Settings outside the pes that a model started from trained weights may change (start_from); the
 # others define what the weights mean. Each pe rules on its own knobs (PE.retunable, PE.check_parent).
-MAY_CHANGE = ('block_size', 'dropout', 'pos_scale')
+MAY_CHANGE = ('block_size', 'dropout', 'pos_scale', 'logn_attn')
 
 
 def check_config(config):
@@ -961,6 +1112,8 @@ def check_config(config):
             raise ValueError(f"{k}={getattr(c, k)} must be a finite number > 0")
     if c.pe not in PES:
         raise ValueError(f"unknown pe '{c.pe}': choose one of {', '.join(PES)}")
+    if c.logn_attn and c.block_size < 2:
+        raise ValueError("logn_attn=True divides by log(block_size): it needs block_size >= 2")
     if c.arch not in ARCHS:
         raise ValueError(f"unknown arch '{c.arch}': choose one of {', '.join(ARCHS)}")
     if c.n_embd % c.n_head:
@@ -991,6 +1144,10 @@ class GPT(nn.Module):
             ln_f=make_norm(config),
         ))
         self.pe = PES[config.pe](config)  # the positional encoding, with its parameters (it checks its settings)
+        longest = self.pe.max_len()
+        if config.logn_attn and longest is not None and longest <= config.block_size:
+            raise ValueError(f"logn_attn=True does nothing for pe={config.pe}: it scales queries past block_size="
+                             f"{config.block_size}, and pe={config.pe} accepts at most {longest} positions")
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight

@@ -196,7 +196,7 @@ def test_compiled_flex_alibi_equals_dense_on_cpu(monkeypatch):
     torch.manual_seed(0)
     Tq = Tk = 128
     q, k, v = (torch.randn(2, H, Tq, 16) for _ in range(3))
-    tables = m.pe.bias_tables(m.pe.setup(torch.arange(Tq)), 0)
+    tables = m.pe.bias_tables(m.pe.setup(torch.arange(Tq)), 0, None)
     with torch.no_grad():
         got = M.bias_flex(q, k, v, m.pe, tables, 0)
         want = F.scaled_dot_product_attention(q, k, v, attn_mask=M.dense_bias(m.pe, tables, H, 0, Tq, Tk, 'cpu'))
@@ -238,10 +238,11 @@ def test_cuda_flex_equals_dense(pe):
     torch.manual_seed(0)
     for Tq, Tk, past in ((256, 256, 0), (64, 256, 192)):
         q, k, v = (torch.randn(2, H, n, 64, device='cuda') for n in (Tq, Tk, Tk))
-        tables = m.pe.bias_tables(m.pe.setup(torch.arange(past, past + Tq, device='cuda')), 0)
+        st = m.pe.setup(torch.arange(past, past + Tq, device='cuda'))
+        tables = m.pe.bias_tables(st, 0, m.pe.kept(torch.randn(2, Tk, C, device='cuda'), st, 0))  # FoX keeps per-key values
         with torch.no_grad():
             got = M.bias_flex(q, k, v, m.pe, tables, past)
-            bias = M.dense_bias(m.pe, tables, H, past, Tq, Tk, 'cuda')
+            bias = M.dense_bias(m.pe, tables, H, past, Tq, Tk, 'cuda', batch=2)
             want = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         assert (got - want).abs().max().item() < 1e-3
 

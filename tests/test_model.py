@@ -538,7 +538,8 @@ def test_alibi_bias_values(scale, offset):
     slopes = M.alibi_slopes(H)
     Tq, Tk = 6, 6 + offset
     bias = M.dense_bias(m.pe, None, H, offset, Tq, Tk, 'cpu')
-    assert bias.shape == (H, Tq, Tk)
+    assert bias.shape == (1, H, Tq, Tk)  # no batch row: ALiBi's bias is the same for every row
+    bias = bias[0]
     for h in range(H):
         for qi in range(Tq):
             qp = qi + offset
@@ -564,11 +565,12 @@ def test_flex_bias_matches_dense(pe, Tq, Tk, offset, scale, monkeypatch):
     torch.manual_seed(0)
     q, k, v = torch.randn(2, H, Tq, 8), torch.randn(2, H, Tk, 8), torch.randn(2, H, Tk, 8)
     st = m.pe.setup(torch.arange(offset, offset + Tq))  # the queries' positions, as GPT.forward with a cache
+    x = torch.randn(2, Tk, C)  # the keys' attention input, for a pe that keeps per-key values (FoX's forget gates)
     for layer in range(L):
-        tables = m.pe.bias_tables(st, layer)
+        tables = m.pe.bias_tables(st, layer, m.pe.kept(x, st, layer))
         with torch.no_grad():
             got = M.bias_flex(q, k, v, m.pe, tables, offset)
-            bias = M.dense_bias(m.pe, tables, H, offset, Tq, Tk, 'cpu')
+            bias = M.dense_bias(m.pe, tables, H, offset, Tq, Tk, 'cpu', batch=2)
             want = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         assert (got - want).abs().max().item() < 1e-5
         assert bias[torch.isfinite(bias)].std() > 0.05  # the bias really varies (a zero bias would pass trivially)

@@ -94,7 +94,7 @@ def test_t5_bias_matches_hf(past):
     want = hf.compute_bias(Tq, Tk, past_seen_tokens=past)[0]
     st = m.pe.setup(torch.arange(past, past + Tq))
     for layer in range(3):  # one table for every block, as T5 (it computes the bias in block 0 and reuses it)
-        got = M.dense_bias(m.pe, m.pe.bias_tables(st, layer), H, past, Tq, Tk, 'cpu')
+        got = M.dense_bias(m.pe, m.pe.bias_tables(st, layer, None), H, past, Tq, Tk, 'cpu')[0]
         causal = torch.isfinite(got)
         assert causal.sum() == H * (Tq * (past + 1) + Tq * (Tq - 1) // 2)
         assert torch.equal(got[causal], want[causal])
@@ -105,7 +105,7 @@ def test_t5_pos_scale_halves_distances():
     m = GPT(cfg('t5', pos_scale=0.5))
     with torch.no_grad():
         m.pe.rel.weight.normal_()
-    bias = M.dense_bias(m.pe, None, H, 0, 40, 40, 'cpu')
+    bias = M.dense_bias(m.pe, None, H, 0, 40, 40, 'cpu')[0]
     for q, k in [(10, 0), (39, 1), (30, 29)]:
         d = (q - k) // 2  # floor(0.5 * distance)
         assert torch.equal(bias[:, q, k], m.pe.rel.weight[M.t5_bucket(torch.tensor(float(d)), 32, 128)])
@@ -132,7 +132,7 @@ def fire_model(**kw):
 @pytest.mark.parametrize('scale', [1.0, 0.5])
 def test_fire_at_hand_computed_points(scale):
     m = fire_model(pos_scale=scale)
-    bias = M.dense_bias(m.pe, m.pe.bias_tables(m.pe.setup(torch.arange(41)), 0), 2, 0, 41, 41, 'cpu')
+    bias = M.dense_bias(m.pe, m.pe.bias_tables(m.pe.setup(torch.arange(41)), 0, None), 2, 0, 41, 41, 'cpu')[0]
     s = round(1 / scale)
     # (i, j) = (3, 1): u = log(1 + 0.5·2) / log(1 + 0.5·max(10, 3)) = log 2 / log 6 = 0.3868528;
     # hidden relu(u) = 0.3868528, relu(-2u + 0.5) = 0; heads: u + 0.1 = 0.4868528, 2u - 0.2 = 0.5737056
@@ -178,7 +178,7 @@ def test_fire_equals_its_mlp(kw):
     past, Tq, Tk = 5, 30, 35
     st = m.pe.setup(torch.arange(past, past + Tq))
     for layer in range(L):
-        got = M.dense_bias(m.pe, m.pe.bias_tables(st, layer), H, past, Tq, Tk, 'cpu')
+        got = M.dense_bias(m.pe, m.pe.bias_tables(st, layer, None), H, past, Tq, Tk, 'cpu')[0]
         want = fire_reference(m, layer, past, Tq, Tk)
         causal = torch.isfinite(got)
         assert (got[causal].double() - want[causal]).abs().max() < 1e-5
@@ -200,11 +200,11 @@ def test_fire_defaults_and_sharing():
     assert b.w1.shape == (32,) and b.w2.shape == (H, 32) and b.c.item() == pytest.approx(0.1) and b.L.item() == 1.0
     st = m.pe.setup(torch.arange(T0))
     assert torch.allclose(st['fire'][0][2], 1 / (torch.log1p(0.1 * torch.full((T0,), 512.0)) + 1e-6))  # i < L
-    assert m.pe.bias_tables(st, 1) is not m.pe.bias_tables(st, 2)
+    assert m.pe.bias_tables(st, 1, None) is not m.pe.bias_tables(st, 2, None)
     s = GPT(cfg('fire', n_layer=3, fire_shared=True))
     assert len(s.pe.blocks) == 1
     st = s.pe.setup(torch.arange(T0))
-    assert s.pe.bias_tables(st, 0) is s.pe.bias_tables(st, 2)
+    assert s.pe.bias_tables(st, 0, None) is s.pe.bias_tables(st, 2, None)
 
 
 # -----------------------------------------------------------------------------
@@ -318,7 +318,7 @@ class Toy(PE):
         super().__init__(config)
         self.slopes = nn.Parameter(torch.zeros(config.n_head))
 
-    def score_bias(self, h, q_pos, k_pos, tables):
+    def score_bias(self, b, h, q_pos, k_pos, tables):
         return -self.slopes[h] * self.config.pos_scale * (q_pos - k_pos)
 
 
@@ -416,7 +416,7 @@ def test_a_bias_undefined_for_future_keys_gives_finite_gradients(monkeypatch):
             super().__init__(config)
             self.slopes = torch.nn.Parameter(torch.ones(config.n_head))
 
-        def score_bias(self, h, q_pos, k_pos, tables):
+        def score_bias(self, b, h, q_pos, k_pos, tables):
             return -self.slopes[h] * torch.log1p((q_pos - k_pos).float())  # NaN for a future key (distance < -1)
     monkeypatch.setitem(M.PES, 'logdistance', LogDistance)
     torch.manual_seed(0)
@@ -443,3 +443,183 @@ def test_a_rope_variant_changes_only_its_frequencies_through_the_hook(monkeypatc
         theta = 10000.0 ** (-2 * i / D) if i < D // 4 else 0.0
         for n in range(5):
             assert abs(cos[n, i].item() - math.cos(n * theta)) < 1e-6 and abs(sin[n, i + D // 2].item() - math.sin(n * theta)) < 1e-6
+
+
+# -----------------------------------------------------------------------------
+# the encodings of issue 25, each against its paper's formula on hand-picked positions
+
+def sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+@pytest.mark.parametrize('scale', [1.0, 0.5])
+def test_kerple_log_bias_is_the_papers(scale):
+    """-r1·log(1 + r2·|i - j|) per head, r1 and r2 clamped at 0.01 (the paper keeps them positive)."""
+    m = GPT(cfg('kerple', pos_scale=scale))
+    r1, r2 = [1.0, 2.0, 0.5, 0.001], [0.5, 1.0, 2.0, -3.0]  # head 3: both below the clamp
+    with torch.no_grad():
+        m.pe.r1[1] = torch.tensor(r1)
+        m.pe.r2[1] = torch.tensor(r2)
+    past, Tq, Tk = 3, 6, 9
+    st = m.pe.setup(torch.arange(past, past + Tq))
+    bias = M.dense_bias(m.pe, m.pe.bias_tables(st, 1, None), H, past, Tq, Tk, 'cpu')[0]
+    for h in range(H):
+        a, b = max(r1[h], 0.01), max(r2[h], 0.01)
+        for i, j in [(3, 3), (4, 0), (8, 2), (8, 7)]:
+            want = -a * math.log(1 + b * scale * (i - j))
+            assert bias[h, i - past, j].item() == pytest.approx(want, abs=1e-6)
+        assert bias[h, 0, 4].item() == float('-inf')  # key 4 comes after query 3
+    assert not torch.equal(m.pe.bias_tables(st, 0, None)[0], m.pe.bias_tables(st, 1, None)[0])  # one set per block
+
+
+@pytest.mark.parametrize('p, kept', [(0.75, 6), (0.5, 4), (0.0, 0), (1.0, 8)])
+def test_prope_rotates_only_the_highest_frequencies(p, kept):
+    """Head size 16: 8 pairs with θ_i = 10000^(-2i/16), highest first; p-RoPE keeps the first round(8p) and
+    gives the others θ = 0 (cos 1, sin 0: those dims never rotate)."""
+    m = GPT(cfg('prope', n_head=2, prope_p=p))
+    cos, sin = m.pe.setup(torch.arange(120))['rope']
+    for n in (1, 7, 119):
+        for i in range(8):
+            theta = 10000 ** (-2 * i / 16) if i < kept else 0.0
+            for d in (i, i + 8):  # rotate-half pairing: dims i and i + D/2
+                assert cos[n, d].item() == pytest.approx(math.cos(n * theta), abs=1e-5)
+                assert sin[n, d].item() == pytest.approx(math.sin(n * theta), abs=1e-5)
+
+
+def test_prope_knob_is_checked():
+    with pytest.raises(ValueError, match='prope_p=1.5 is the fraction'):
+        GPT(cfg('prope', prope_p=1.5))
+
+
+def cope_reference(q, k, e, past):
+    """CoPE's bias for one head by the paper's formula, in plain Python: gates g_it = σ(q_i·k_t/√D),
+    p_ij = Σ_{t=j..i} g_it clamped to npos - 1, bias = q_i·e[p] read between floor(p) and ceil(p)."""
+    D, npos = len(q[0]), len(e[0])
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b))
+    out = {}
+    for qi, qv in enumerate(q):
+        i = past + qi
+        for j in range(i + 1):
+            p = min(sum(sigmoid(dot(qv, k[t]) / math.sqrt(D)) for t in range(j, i + 1)), npos - 1)
+            lo, hi = math.floor(p), math.ceil(p)
+            z = [dot(qv, [e[d][n] for d in range(D)]) for n in (lo, hi)]
+            out[i, j] = z[0] + (p - lo) * (z[1] - z[0])
+    return out
+
+
+@pytest.mark.parametrize('past', [0, 4])
+def test_cope_bias_is_the_papers(past):
+    torch.manual_seed(0)
+    m = GPT(cfg('cope', n_head=2, cope_npos=4))  # head size 16; 4 positions, so the clamp is reached
+    Tq, Tk = 5, past + 5
+    q, k = torch.randn(1, 2, Tq, 16), torch.randn(1, 2, Tk, 16)
+    q[0, 1] *= 3  # sharper gates in head 1
+    with torch.no_grad():
+        m.pe.emb[1].normal_()
+    got = m.pe.logit_bias(q, k, m.pe.bias_tables({}, 1, None), past)
+    for h in range(2):
+        want = cope_reference(q[0, h].tolist(), k[0, h].tolist(), m.pe.emb[1].tolist(), past)
+        for (i, j), w in want.items():
+            assert got[0, h, i - past, j].item() == pytest.approx(w, abs=1e-4)
+    assert torch.isfinite(got).all()  # keys after the query: finite (attention masks them)
+
+
+def test_cope_gives_gradients_to_its_table_and_the_gates():
+    torch.manual_seed(0)
+    m = GPT(cfg('cope'))
+    x = tokens(2, T0)
+    _, loss = m(x, x)
+    loss.backward()
+    assert m.pe.emb.grad.abs().sum() > 0
+    # through the gates σ(q·k) the table's bias reaches q and k's weights too: with the table non-zero, a model
+    # whose gates were frozen (detached) would give other gradients
+    with torch.no_grad():
+        m.pe.emb.normal_()
+    m.zero_grad()
+    m(x, x)[1].backward()
+    g = m.transformer.h[0].attn.c_attn.weight.grad.clone()
+    orig = torch.sigmoid
+    try:
+        torch.sigmoid = lambda t: orig(t.detach())
+        m.zero_grad()
+        m(x, x)[1].backward()
+    finally:
+        torch.sigmoid = orig
+    assert not torch.allclose(g, m.transformer.h[0].attn.c_attn.weight.grad)
+
+
+@pytest.mark.parametrize('past', [0, 3])
+def test_fox_bias_is_the_sum_of_log_forget_gates_between(past):
+    """Query i, key j: Σ_{t=j+1..i} log σ(w_h·x_t + b_h), from each row's own x (the batch index reaches the tables)."""
+    torch.manual_seed(0)
+    m = GPT(cfg('fox'))
+    with torch.no_grad():
+        m.pe.gates[1].weight.normal_()
+        m.pe.gates[1].bias.copy_(torch.tensor([2.0, 0.0, -1.0, 4.0]))
+    Tq, Tk = 6, past + 6
+    x = torch.randn(2, Tk, C)  # the normalized attention input of every key
+    st = m.pe.setup(torch.arange(past, past + Tq))
+    bias = M.dense_bias(m.pe, m.pe.bias_tables(st, 1, m.pe.kept(x, st, 1)), H, past, Tq, Tk, 'cpu', batch=2)
+    w, b0 = m.pe.gates[1].weight.tolist(), m.pe.gates[1].bias.tolist()
+    for row in range(2):
+        for h in range(H):
+            logf = [math.log(sigmoid(sum(a * c for a, c in zip(w[h], x[row, t].tolist())) + b0[h])) for t in range(Tk)]
+            for i in range(past, past + Tq):
+                for j in sorted({0, i // 2, max(i - 1, 0), i}):
+                    want = sum(logf[j + 1:i + 1])
+                    assert bias[row, h, i - past, j].item() == pytest.approx(want, abs=1e-4)
+                assert i + 1 >= Tk or bias[row, h, i - past, i + 1].item() == float('-inf')
+
+
+def test_fox_kv_cache_keeps_the_forget_gates_of_past_keys():
+    """A chunk after a cache sees every earlier key's log f (kept), so its logits equal a full forward's."""
+    torch.manual_seed(0)
+    m = GPT(cfg('fox')).eval()
+    with torch.no_grad():
+        for g in m.pe.gates:
+            g.weight.normal_()
+    idx = tokens(2, 20)
+    with torch.no_grad():
+        full, _ = m(idx)
+        cache = KVCache(L)
+        parts = [m(idx[:, :7], cache=cache)[0], m(idx[:, 7:8], cache=cache)[0], m(idx[:, 8:], cache=cache)[0]]
+    assert cache.kept[0].shape == (2, H, 20)
+    assert (torch.cat(parts, 1) - full).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize('pe', ['nope', 'rope', 'alibi'])
+def test_logn_attn_scales_queries_past_the_training_length(pe, monkeypatch):
+    """q at index n is multiplied by max(1, ln(n + 1) / ln(block_size)): untouched inside the training length."""
+    seen = []
+    orig = M.attention
+    monkeypatch.setattr(M, 'attention', lambda q, *a, **kw: seen.append(q) or orig(q, *a, **kw))
+    torch.manual_seed(0)
+    base = GPT(cfg(pe, n_layer=1))
+    scaled = GPT(cfg(pe, n_layer=1, logn_attn=True))
+    scaled.load_state_dict(base.state_dict())
+    idx = tokens(1, 4 * T0)
+    with torch.no_grad():
+        base(idx)
+        scaled(idx)
+    q0, q1 = seen
+    for n in (0, T0 - 1, T0, 2 * T0 + 5, 4 * T0 - 1):
+        want = max(1.0, math.log(n + 1) / math.log(T0))
+        assert (q1[0, :, n] - want * q0[0, :, n]).abs().max() < 1e-6
+    assert want > 1.4  # ln(64) / ln(16) = 1.5
+
+
+def test_logn_attn_refused_where_it_means_nothing():
+    with pytest.raises(ValueError, match='logn_attn=True does nothing for pe=learned'):
+        GPT(cfg('learned', logn_attn=True))
+
+
+def test_drope_continues_a_rope_model_without_positions():
+    """DroPE's recipe: a rope parent continued as nope. Not an exact start, so only with replace_pe."""
+    torch.manual_seed(0)
+    parent = GPT(cfg('rope'))
+    child = GPT(cfg('nope'))
+    with pytest.raises(ValueError, match='pe=nope cannot start from'):
+        M.start_from(child, parent.config, parent.state_dict(), 'out/rope')
+    M.start_from(child, parent.config, parent.state_dict(), 'out/rope', replace_pe=True)
+    for k, v in parent.state_dict().items():
+        assert torch.equal(child.state_dict()[k], v)
