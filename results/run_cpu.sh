@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Re-runs every CPU-scale result of results/README.md end to end:
 #   bash results/run_cpu.sh            (from the repo root; JOBS=2 trains two runs at a time)
+#   PES="kerple fox" SEEDS="1337 1338" ABL_SEEDS="" STAGE=train bash results/run_cpu.sh   (some runs only)
+# PES: the main table's pes (default: every pe in model.PES); SEEDS: theirs (default 5); ABL_SEEDS: the
+# seeds of the ExPE ablations and sweeps (default 3); STAGE=train stops before the tables (which need
+# every run of the defaults).
 # Every run is config/demo_cpu.py (byte-level Shakespeare, 4 x 128, T = 128, 1000 steps x 2,048
 # tokens) plus the overrides named below. Finished runs are skipped, interrupted ones resume.
 # Every process runs on one CPU thread, whatever JOBS is: the numbers depend on the thread count
@@ -10,7 +14,10 @@ cd "$(dirname "$0")/.."
 JOBS=${JOBS:-2}
 export OMP_NUM_THREADS=1
 OUT=out/results
-SEEDS="1337 1338"
+PES=${PES:-$(python -c "import model; print(' '.join(model.PES))")}
+SEEDS=${SEEDS-"1337 1338 1339 1340 1341"}
+ABL_SEEDS=${ABL_SEEDS-"1337 1338 1339"}
+STAGE=${STAGE:-all}
 python prepare.py
 
 train() {  # train OUT_NAME OVERRIDES...
@@ -27,15 +34,19 @@ train() {  # train OUT_NAME OVERRIDES...
 }
 
 runs=()
-for pe in expe exqpe rope sinusoidal learned alibi nope tape fire t5 randpe xpos; do
-    for seed in $SEEDS; do runs+=("$pe-s$seed --pe=$pe --seed=$seed"); done
+for seed in $SEEDS; do  # seed by seed: every pe gets its first seeds before any gets its fifth
+    for pe in $PES; do runs+=("$pe-s$seed --pe=$pe --seed=$seed"); done
 done
-# Table 7 ablations (seed 1337), and sweeps of the two lost numbers: l = n_embd/8, n_embd/2
-# (n_embd/4 = 32 is the default) and theta = 1/(4T), 1/T (1/(2T) is the default)
-runs+=("abl-stable --expe_stable=True" "abl-l1 --expe_dims=1" "abl-once --expe_once=True"
-       "abl-learned --expe_learned=random" "abl-learned-init --expe_learned=init" "abl-v --expe_v=True"
-       "sweep-l16 --expe_dims=16" "sweep-l64 --expe_dims=64"
-       "sweep-theta-4T --expe_theta=0.001953125" "sweep-theta-1T --expe_theta=0.0078125")
+# Table 7 ablations, and sweeps of the two lost numbers: l = n_embd/8, n_embd/2 (n_embd/4 = 32 is the
+# default) and theta = 1/(4T), 1/T (1/(2T) is the default). Seed 1337 keeps its old folder names.
+ABLATIONS=("abl-stable --expe_stable=True" "abl-l1 --expe_dims=1" "abl-once --expe_once=True"
+           "abl-learned --expe_learned=random" "abl-learned-init --expe_learned=init" "abl-v --expe_v=True"
+           "sweep-l16 --expe_dims=16" "sweep-l64 --expe_dims=64"
+           "sweep-theta-4T --expe_theta=0.001953125" "sweep-theta-1T --expe_theta=0.0078125")
+abl_dir() { [ "$2" = 1337 ] && echo "$1" || echo "$1-s$2"; }  # abl_dir NAME SEED
+for seed in $ABL_SEEDS; do
+    for row in "${ABLATIONS[@]}"; do runs+=("$(abl_dir "${row%% *}" "$seed") ${row#* } --seed=$seed"); done
+done
 
 t0=$(date +%s)
 for run in "${runs[@]}"; do
@@ -45,14 +56,16 @@ for run in "${runs[@]}"; do
 done
 wait
 echo "training wall time: $(( $(date +%s) - t0 )) s"
+[ "$STAGE" = train ] && exit 0
 
 ev() { python eval.py --windows 16 --overwrite "$@"; }  # results/ holds the previous run's tables
-main=(); for pe in expe exqpe rope sinusoidal learned alibi nope tape fire t5 randpe xpos; do for s in $SEEDS; do main+=("$OUT/$pe-s$s"); done; done
+main=(); for pe in $PES; do for s in $SEEDS; do main+=("$OUT/$pe-s$s"); done; done
 ev --ckpt "${main[@]}" --out results/cpu_main | tee results/cpu_main.txt
 scaled=(); for pe in expe exqpe rope; do for s in $SEEDS; do scaled+=("$OUT/$pe-s$s"); done; done
 ev --ckpt "${scaled[@]}" --scale 0.5 --out results/cpu_scaled | tee results/cpu_scaled.txt
-abl=("$OUT/expe-s1337"); for a in stable l1 once learned learned-init v; do abl+=("$OUT/abl-$a"); done
-for s in l16 l64 theta-4T theta-1T; do abl+=("$OUT/sweep-$s"); done
+abl=(); for seed in $ABL_SEEDS; do
+    abl+=("$OUT/expe-s$seed"); for row in "${ABLATIONS[@]}"; do abl+=("$OUT/$(abl_dir "${row%% *}" "$seed")"); done
+done
 ev --ckpt "${abl[@]}" --out results/cpu_ablations | tee results/cpu_ablations.txt
 python results/summarize.py --files results/cpu_main/eval.json results/cpu_scaled/eval.json > results/cpu_summary.md
 cat results/cpu_summary.md
