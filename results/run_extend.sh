@@ -38,11 +38,9 @@ FINE_TUNED=(
     "expe-scaled expe --pe=expe --expe_theta=$THETA --pos_scale=0.5"
     "alibi-ft alibi --pe=alibi"
     "drope rope --pe=nope --replace_pe=True"
-    "drope-128 rope --pe=nope --replace_pe=True --block_size=128 --batch_size=16"
 )
-# drope (DroPE, Sakana 2025): the RoPE parent continued without any pe (replace_pe: rope -> nope), the same
-# 300 steps x 2,048 tokens; drope-128 recalibrates at the parent's own length (16 x 128 tokens), as the paper does,
-# so 256 is already 2x for it
+# drope (DroPE, Sakana 2025): the RoPE parent continued without any pe (replace_pe: rope -> nope) on the same
+# budget as the other rows, at T = 256 (the paper recalibrates at the original length and extends zero-shot)
 # name, parent pe, then the settings the parent is evaluated with (eval.py --set): no training
 EVAL_ONLY=(
     "rope rope block_size=256"
