@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Integer addition at CPU scale (TAPE's length-generalization experiment), end to end:
 #   bash results/run_addition.sh                        (from the repo root)
-#   PES="rope expe" SEEDS=1337 bash results/run_addition.sh     (fewer runs)
+#   PES="rope expe" SEEDS=1337 RESULTS=/tmp/add bash results/run_addition.sh     (fewer runs, tables elsewhere)
 # Every pe x seed trains config/addition_cpu.py (operands of 1..N digits, see the config), two runs at
 # a time with one thread each; finished runs are skipped, interrupted ones resume. Then eval_tasks.py
 # scores every checkpoint on the grid of operand lengths 1..4N (exact match, 100 problems per cell)
@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 PES=${PES:-$(python -c "import model; print(' '.join(model.PES))")}
 SEEDS=${SEEDS:-"1337 1338 1339"}
 OUT=out/addition
-mkdir -p "$OUT" results/addition
+RESULTS=${RESULTS:-results/addition}  # the tables (replaced): another folder for a subset of the runs
+mkdir -p "$OUT" "$RESULTS"
 
 train() {  # train PE SEED
     local dir=$OUT/$1-s$2
@@ -37,5 +38,5 @@ done
 while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n; done
 echo "training wall time: $(( $(date +%s) - t0 )) s"
 t0=$(date +%s)
-OMP_NUM_THREADS=2 python eval_tasks.py --ckpt "${ckpts[@]}" --tasks addition --out results/addition --overwrite
+OMP_NUM_THREADS=2 python eval_tasks.py --ckpt "${ckpts[@]}" --tasks addition --out "$RESULTS" --overwrite
 echo "eval wall time: $(( $(date +%s) - t0 )) s"
