@@ -2,7 +2,8 @@
 (SDPA's q, k, v and mask, the normalized attention input, the first block's input), against each paper's
 formula written out here. No helper of model.py is called, so a flipped sign, a reversed frequency order or
 an off-by-one position there turns a test red. Positions past the prefix come through the KV cache, so
-positions such as 37, 100 or 500 (past block_size) are checked too."""
+positions such as 37, 100 or 500 (past block_size) are checked too. The pes added later (kerple, prope, cope,
+fox, and logn_attn) have theirs in test_pes.py."""
 import math
 
 import numpy as np
@@ -366,8 +367,3 @@ def test_tape_state_update(mlp_side, past, monkeypatch):
     close(b1['q'], rot(q))
     close(b1['k'], rot(k))
     assert (rot(q) - rope_by_hand(q, torch.arange(N))).abs().max() > 1e-2  # the update does move block 1
-
-
-def test_every_pe_has_a_value_test():
-    tested = {'expe', 'exqpe', 'rope', 'randpe', 'tape', 'xpos', 'sinusoidal', 'learned', 'nope', 'alibi', 't5', 'fire'}
-    assert set(PES) == tested
