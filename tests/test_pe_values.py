@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import model as M
-from model import GPT, PES, GPTConfig, KVCache
+from model import GPT, GPTConfig, KVCache
 
 V, T0, L, H, C = 64, 16, 2, 4, 32
 D = C // H  # 8: RoPE frequencies 1, 0.1, 0.01, 0.001, so a reversed order cannot pass
