@@ -3,12 +3,15 @@ Loss at 1x to 16x the training length, for one or more checkpoints, as ONE markd
 
 $ python eval.py --ckpt out/demo_expe out/demo_rope               # 1 2 4 8 16 x block_size (default --ckpt out)
 $ python eval.py --ckpt out/demo_expe --ev 4 --scale 0.5          # 4x, positions scaled by 1/2 (interpolation)
+$ python eval.py --ckpt out/demo_rope --stride 128 --windows 2        # sliding windows: every token has >= ev x T - 128 of context
 $ python eval.py --ckpt out/demo_rope --set block_size=256 rope_scaling=yarn rope_factor=2 rope_original=128  # YaRN, 1x = 256
 
 Every cell averages the cross-entropy (nats/token) of the SAME target tokens: one fixed stretch at the
 start of the val split (--windows x 16 x block_size tokens, whichever --ev are asked), cut into
 non-overlapping windows of ev x block_size tokens; longer windows only give those tokens more context
-(evaluation.py). A pe that cannot run at a length shows n/a and why. Written to --out: eval.md,
+(evaluation.py). --stride S switches to the sliding-window protocol: windows of ev x block_size advanced
+by S tokens, each scoring only its last S, so every scored token has at least ev x block_size - S tokens
+of context (the same number of scored tokens). A pe that cannot run at a length shows n/a and why. Written to --out: eval.md,
 eval.json, and the per-position loss at the longest length (per_position.csv, per_position.png); an
 earlier eval there is kept unless --overwrite.
 """
@@ -21,7 +24,7 @@ from configurator import configure, die, exit_on_ctrl_c
 from core import (autocast, check_multiples, data_of, free_memory, load_models, model_settings, out_folder, out_of_memory,
                   pick_device, scale_problem, write_results, write_text)
 from data import val_tokens
-from evaluation import STRETCH_EV, cannot_run, plot_curves, window_losses, write_curves_csv
+from evaluation import STRETCH_EV, cannot_run, plot_curves, sliding_losses, window_losses, write_curves_csv
 
 # -----------------------------------------------------------------------------
 # settings (core.configure: --key value or --key=value)
@@ -30,6 +33,7 @@ ev = [1, 2, 4, 8, 16]     # multiples of the training length
 scale = None              # pos_scale: positions (or ExPE's values) multiplied by this; default: each checkpoint's own
 set = []                  # KEY=VALUE ...: model settings to evaluate with, those the weights carry (block_size, rope_scaling, ...)
 windows = 16              # windows at 16x (or the largest ev): sets the tokens per cell
+stride = 0                # > 0: sliding-window protocol, windows advanced by this many tokens, each scoring its last stride
 data_dir = ''             # val shards to use ('' = each checkpoint's data_dir)
 batch_tokens = 32768      # tokens per forward pass (lower it if memory runs out)
 out = 'out/eval'          # folder for eval.md, eval.json, per_position.csv and per_position.png
@@ -42,6 +46,8 @@ exit_on_ctrl_c()
 check_multiples(ev)
 if windows < 1:
     die(f"--windows {windows}: use a positive number of windows")
+if stride < 0:
+    die(f"--stride {stride}: use 0 (non-overlapping windows) or a positive number of tokens")
 if scale is not None and scale_problem(scale):
     die(scale_problem(scale))
 if batch_tokens < 1:
@@ -70,22 +76,32 @@ max_ev = max(ev)
 T_max = max(m.config.block_size for _, m, _ in loaded)
 longest, stretch = max_ev * T_max, max(STRETCH_EV, max_ev) * T_max
 n_tokens = windows * stretch
+if stride:  # every cell scores the same n_tokens targets after the first `stretch` tokens, stride at a time
+    shortest = min(ev) * min(m.config.block_size for _, m, _ in loaded)
+    if stride > shortest:
+        die(f"--stride {stride}: a window scores its last stride tokens, so it must be at most the shortest window "
+            f"({min(ev)}x = {shortest} tokens)")
+    n_tokens = n_tokens // stride * stride or stride
 rows, curves = [], {}
 for (path, model, ck), (where, meta) in zip(loaded, datas):
     T, pe = model.config.block_size, model.config.pe
     try:
-        tokens = val_tokens(where, n_tokens + 1)
+        tokens = val_tokens(where, n_tokens + 1 + (stretch if stride else 0))
         vocab = min(model.config.vocab_size, meta.get('vocab_size') or model.config.vocab_size)
     except (FileNotFoundError, ValueError) as e:
         die(e)
     if len(tokens) and tokens.max() >= vocab:
         die(f"the val split of {where} holds token id {tokens.max()}, outside the vocabulary of {vocab}: "
             "it is not this checkpoint's data, or a shard is damaged; re-run prepare.py or pass --data_dir")
+    if stride and len(tokens) < stretch + n_tokens + 1:
+        die(f"the val split of {where} has {len(tokens)} tokens, fewer than the {stretch + n_tokens + 1} the sliding "
+            "protocol needs (a 16x context, then the scored tokens): lower --windows or prepare more val data")
     if len(tokens) < longest + 1:
         die(f"the val split of {where} has {len(tokens)} tokens, fewer than one window of {longest}: "
             "prepare more val data or lower --ev")
     unit = stretch if len(tokens) > stretch else longest  # a short val split: whole windows of the asked lengths
-    tokens = tokens[:(len(tokens) - 1) // unit * unit + 1]  # whole windows at every length
+    if not stride:
+        tokens = tokens[:(len(tokens) - 1) // unit * unit + 1]  # whole windows at every length
     row = {'ckpt': path, 'pe': pe, 'arch': model.config.arch, 'scale': model.config.pos_scale if scale is None else scale,
            'block_size': T, 'set': settings, 'data_dir': where, 'iter': ck.get('iter_num'), 'cells': {}}
     for e in ev:
@@ -94,6 +110,10 @@ for (path, model, ck), (where, meta) in zip(loaded, datas):
         try:
             if na:
                 cell['na'] = na
+            elif stride:
+                losses = sliding_losses(model, tokens, e * T, stride, stretch, n_tokens, batch_tokens, device, ctx)
+                cell.update(loss=losses.mean().item(), tokens=losses.numel(), windows=losses.numel() // stride,
+                            context=e * T - stride)
             else:
                 losses = window_losses(model, tokens, e * T, batch_tokens, device, ctx)
                 cell.update(loss=losses.mean().item(), tokens=losses.numel(), windows=losses.size(0))
@@ -121,11 +141,13 @@ for r in rows:
     lines.append(f"| {name} | {r['pe']} | {r['scale']:g} | " + ' | '.join(cells) + ' |')
 counts = sorted({c['tokens'] for r in rows for c in r['cells'].values() if 'tokens' in c})
 lengths = ', '.join(f"{e}x = {e * rows[0]['block_size']}" for e in ev)
+how = (f"sliding windows ({lengths} tokens) advanced by {stride}, each scoring its last {stride}: every scored token "
+       f"has at least the window minus {stride} tokens of context" if stride else f"non-overlapping windows ({lengths} tokens)")
 lines += ['', f"Mean cross-entropy (nats/token) on val; each cell averages the same {' / '.join(f'{n:,}' for n in counts)} "
-              f"target tokens, from non-overlapping windows ({lengths} tokens)."]
+              f"target tokens, from {how}."]
 table = '\n'.join(lines)
 print(table)
-result = {'ev': ev, 'scale': scale, 'set': settings, 'tokens_per_cell': n_tokens, 'rows': rows}
+result = {'ev': ev, 'scale': scale, 'set': settings, 'tokens_per_cell': n_tokens, 'stride': stride, 'rows': rows}
 files = [(os.path.join(out, 'eval.md'), partial(write_text, table + '\n')),
          (os.path.join(out, 'eval.json'), partial(write_text, json.dumps(result, indent=1)))]
 if curves:

@@ -7,6 +7,10 @@ Loss protocol: every cell averages the cross-entropy (nats/token) of the SAME ta
 stretch at the start of the val split (windows x 16 x block_size tokens, or x the largest multiple
 asked), cut into non-overlapping windows of ev x block_size tokens. Longer windows only give those
 tokens more context. Windows may cross document boundaries (EOT).
+Sliding-window protocol (eval.py --stride S): the same number of target tokens, after the first 16 x
+block_size of the stretch, each scored once in a window of ev x block_size tokens that ends at it or
+up to S - 1 tokens after it: every scored token has at least ev x block_size - S tokens of context,
+so a pe is not judged on a window's first tokens, which have little context at any length.
 
 Passkey and addition answers count when greedy decoding yields exactly their tokens, scored in one
 teacher-forced pass (greedy output equals the answer iff every answer token is the argmax given the
@@ -61,6 +65,23 @@ def window_losses(model, tokens, length, batch_tokens, device, ctx):
         out[i:i + len(rows)] = F.cross_entropy(logits.float().transpose(1, 2), xy[:, 1:], reduction='none').cpu()
     return out
 
+
+@torch.no_grad()
+def sliding_losses(model, tokens, length, stride, start, n_scored, batch_tokens, device, ctx):
+    """Per-token loss (n_scored,) of the targets tokens[start + 1 .. start + n_scored] under the sliding-window
+    protocol: windows of `length` tokens advanced by `stride`, each scoring only its last `stride` targets, so
+    every scored token sees at least length - stride tokens before it. Needs start >= length - stride."""
+    ends = range(start + stride, start + n_scored + 1, stride)  # the last target of each window
+    out = []
+    bs = max(1, batch_tokens // length)
+    for i in range(0, len(ends), bs):
+        rows = [torch.from_numpy(tokens[e - length:e + 1]) for e in ends[i:i + bs]]
+        xy = torch.stack(rows).to(device)
+        with ctx:
+            logits, _ = model(xy[:, :-1])
+        loss = F.cross_entropy(logits[:, -stride:].float().transpose(1, 2), xy[:, -stride:], reduction='none')
+        out.append(loss.reshape(-1).cpu())
+    return torch.cat(out)
 
 
 def write_curves_csv(curves, path):

@@ -135,6 +135,51 @@ def test_eval_table(trained, data_dir, tmp_path):
     assert (out / 'per_position.png').stat().st_size > 1000
 
 
+
+def test_sliding_losses_score_each_target_once_with_enough_context():
+    """Brute force: target t is scored in the window that ends at the first multiple of the stride at or after it,
+    as the token at its place there; so it has at least length - stride tokens before it."""
+    from evaluation import sliding_losses, window_losses
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=1, n_head=2, n_embd=16, pe='rope')).eval()
+    tokens = torch.randint(50, (200,)).numpy()
+    L, S, start, N = 32, 8, 40, 48
+    got = sliding_losses(m, tokens, L, S, start, N, 10 ** 6, 'cpu', torch.no_grad())
+    want = []
+    for t in range(start + 1, start + N + 1):  # the index of each scored target in the stream
+        end = start + -(-(t - start) // S) * S  # the window's last target
+        x = torch.from_numpy(tokens[end - L:end])[None]
+        with torch.no_grad():
+            logits, _ = m(x)
+        i = t - (end - L) - 1  # the place in the window whose next token is t
+        assert i >= L - S
+        want.append(torch.nn.functional.cross_entropy(logits[0, i], torch.tensor(int(tokens[t]))).item())
+    assert got.shape == (N,) and torch.allclose(got, torch.tensor(want), atol=1e-5)
+    # a stride of the whole window is the non-overlapping protocol on the same targets
+    same = sliding_losses(m, tokens, L, L, L, 4 * L, 7, 'cpu', torch.no_grad())
+    assert torch.allclose(same, window_losses(m, tokens[L:5 * L + 1], L, 10 ** 6, 'cpu', torch.no_grad()).reshape(-1), atol=1e-6)
+
+
+def test_eval_sliding_protocol(trained, tmp_path):
+    out = tmp_path / 'ev'
+    p = run('eval.py', '--ckpt', trained / 'expe', '--ev', 1, 2, '--windows', 1, '--stride', 8, '--out', out,
+            '--device', 'cpu')
+    assert 'advanced by 8, each scoring its last 8' in p.stdout and 'same 512 target tokens' in p.stdout
+    result = json.loads((out / 'eval.json').read_text())
+    cells = result['rows'][0]['cells']
+    assert result['stride'] == 8 and [cells[k]['context'] for k in ('1', '2')] == [24, 56]
+    assert [cells[k]['windows'] for k in ('1', '2')] == [64, 64] and {cells[k]['tokens'] for k in ('1', '2')} == {512}
+    plain = run('eval.py', '--ckpt', trained / 'expe', '--ev', 1, 2, '--windows', 1, '--out', tmp_path / 'plain',
+                '--device', 'cpu')
+    other = json.loads((tmp_path / 'plain' / 'eval.json').read_text())['rows'][0]['cells']
+    assert cells['1']['loss'] != other['1']['loss']  # another protocol: other context for the same number of tokens
+    one_line_error(run('eval.py', '--ckpt', trained / 'expe', '--ev', 1, 2, '--stride', 64, '--out', tmp_path / 'x',
+                       '--device', 'cpu', check=False), '--stride 64', 'at most the shortest window', '1x = 32')
+    one_line_error(run('eval.py', '--ckpt', trained / 'expe', '--stride', -1, '--out', tmp_path / 'y', '--device', 'cpu',
+                       check=False), '--stride -1')
+
+
 def test_eval_scale(trained, tmp_path):
     p = run('eval.py', '--ckpt', trained / 'expe', trained / 'learned', '--ev', 2, '--scale', 0.5, '--windows', 1,
             '--out', tmp_path, '--device', 'cpu')
