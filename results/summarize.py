@@ -1,6 +1,8 @@
 """
 Seed-averaged tables (mean ± half the min-max range) from eval.py's eval.json files, and one
 per-position plot with a line per pe (seeds averaged) from the first file's per_position.csv.
+In every column (scale by scale) the best row is bold, and a row whose whole seed range lies above the
+best row's range is marked †: only those are separated from the best; the others tie with it.
 
 $ python results/summarize.py --files results/cpu_main/eval.json results/cpu_scaled/eval.json > results/cpu_summary.md
 """
@@ -27,20 +29,42 @@ for path in paths:
     for row in result['rows']:
         groups[(row['pe'], row['scale'])].append(row)
 
+
+
+def losses_of(rows, ev):
+    """Every seed's loss in this column, or None if a seed has none (n/a)."""
+    losses = [r['cells'][str(ev)].get('loss') for r in rows]
+    return None if any(v is None for v in losses) else losses
+
+
+def best_of(groups, scale, ev):
+    """The row of this scale with the lowest mean loss in column ev: its (min, max) over seeds, or None."""
+    ranges = [(np.mean(v), min(v), max(v)) for (_, s), rows in groups.items() if s == scale
+              for v in [losses_of(rows, ev)] if v]
+    return min(ranges)[1:] if ranges else None
+
+
+print(f"<!-- raw: {' '.join(paths)} -->")  # the raw files, for tests/test_results_tables.py
 print('| pe | scale | seeds | ' + ' | '.join(f'{ev}x' for ev in evs) + ' |')
 print('|---|---|---|' + '---|' * len(evs))
 for (pe, scale), rows in groups.items():
     cells = []
     for ev in evs:
-        losses = [r['cells'][str(ev)].get('loss') for r in rows]
-        if any(v is None for v in losses):
+        losses, best = losses_of(rows, ev), best_of(groups, scale, ev)
+        if losses is None:
             cells.append('n/a')
-        else:
-            cells.append(f"{np.mean(losses):.3f} ± {(max(losses) - min(losses)) / 2:.3f}")
+            continue
+        cell = f"{np.mean(losses):.3f} ± {(max(losses) - min(losses)) / 2:.3f}"
+        if (min(losses), max(losses)) == best:
+            cell = f"**{cell}**"
+        elif len(rows) > 1 and min(losses) > best[1]:  # its best seed is worse than the best row's worst seed
+            cell += ' †'
+        cells.append(cell)
     print(f"| {pe} | {scale:g} | {len(rows)} | " + ' | '.join(cells) + ' |')
 tokens = {c['tokens'] for rows in groups.values() for r in rows for c in r['cells'].values() if 'tokens' in c}
 print(f"\nMean ± half the range over seeds; every cell of every seed averages {', '.join(f'{t:,}' for t in sorted(tokens))} "
-      "val target tokens (eval.py's protocol).")
+      "val target tokens (eval.py's protocol). Per column and scale: **best** mean; † the row's seed range lies "
+      "wholly above the best row's (separated from it); an unmarked row ties with the best within the seeds.")
 
 # one line per pe at the longest length, seeds averaged
 first = json.load(open(paths[0]))
