@@ -1,6 +1,7 @@
 """
 The data a GPT reads: token shards on disk, tokenizers, the batches of a training run, and the
-synthetic tasks generated on the fly from a seeded RNG (passkey examples, integer addition).
+synthetic tasks generated on the fly from a seeded RNG (passkey examples, integer addition, and
+flip-flop, MQAR, copy, reverse, multi-key needle and variable tracking).
 
 Shards use llm.c's format (prepare.py writes them; llm.c's and modded-nanogpt's load too):
     header: 256 little-endian int32 (1024 bytes): [0] magic, [1] version, [2] number of tokens
@@ -17,6 +18,13 @@ Addition (McLeish et al. 2024, "Abacus embeddings", as TAPE uses it): EOT, then 
 digits of a, b and c reversed (least significant first), then EOT, which ends the answer. One
 problem per row, padded with EOT; the loss covers the answer (c and the closing EOT) only. Operands
 have exactly d digits (no leading zero), d drawn from 1..N for each operand independently.
+
+Six more character-level tasks share one shape, <task>_example(encode, eot, rng, length, **settings)
+-> (ids, answer): length + 1 ids starting with EOT, and True on the answer tokens (the only ones scored);
+<task>_min_len(**settings) is the fewest tokens a row needs and <task>_solve(text) re-derives the answers
+from the row's text. Flip-flop (Liu et al. 2023), multi-query associative recall (Arora et al. 2023),
+copy and reverse (Kazemnejad et al. 2023), RULER's multi-key needle and variable tracking (Hsieh et al.
+2024): their formats are in the section "synthetic tasks" below.
 
 Importing this module is cheap: tiktoken and torch load only when used.
 """
@@ -482,6 +490,260 @@ def addition_row(encode, eot, length, max_digits, rng):
     if pad < 0:
         raise PromptTooLong(f"an addition problem with {max_digits}-digit operands needs {len(ids) - 1} tokens, more than {length}")
     return ids[:-1] + [eot] * pad, [-1] * (len(ids) - 1 - n) + ids[-n:] + [-1] * pad
+
+
+# -----------------------------------------------------------------------------
+# synthetic tasks: flip-flop, MQAR, copy, reverse, multi-key needle, variable tracking
+#
+# Each task has the same three functions:
+#   <task>_min_len(**settings): the fewest tokens any row needs (and a one-line ValueError for a bad setting)
+#   <task>_example(encode, eot, rng, length, **settings) -> (ids, answer): length + 1 ids starting with EOT
+#     (a training row is x = ids[:-1], y = ids[1:]) and one bool a token, True on the answer tokens only
+#   <task>_solve(text) -> [answer strings]: the answers re-derived by the task's rule from decode(ids),
+#     never reading the answer characters themselves (they may be masked)
+# Every character is ASCII and encoded on its own: one token a character under any tokenizer.
+
+LOWER, UPPER, DIGITS = "abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789"
+HAY = LOWER + " "  # needle and vartrack noise: no digit, capital, '=' or newline, so it never reads as a needle or an assignment
+MQAR_KEYS = 26 ** 2  # distinct two-letter keys
+NEEDLE_KEYS = 26 ** 4  # distinct four-letter keys
+VALUES_5 = 9 * 10 ** 4  # distinct five-digit values (10000..99999)
+
+
+def _size(task, name, value, least, most=None):
+    """value as an int, or a one-line ValueError naming the setting (a bool or a float is not a size)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least or (most is not None and value > most):
+        bound = f">= {least}" if most is None else f"in {least}..{most}"
+        raise ValueError(f"{task}: {name} must be an integer {bound}, got {value!r}")
+    return int(value)
+
+
+def _fits(task, length, need, settings):
+    """PromptTooLong unless a row of `length` tokens holds the `need` tokens of this task's settings."""
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)):
+        raise ValueError(f"{task}: length must be an integer, got {length!r}")
+    if length < need:
+        raise PromptTooLong(f"a {task} row with {settings} needs {need} tokens, more than {length}")
+
+
+def _row(encode, eot, length, parts):
+    """(ids, answer): EOT, the parts (text, is_answer: one bool, or one a character; None as text: an EOT)
+    one token a character, then EOT (not an answer) up to length + 1 tokens."""
+    ids, answer, token = [eot], [False], {}
+    for text, is_answer in parts:
+        text = [None] if text is None else text
+        for ch in set(text) - token.keys():
+            token[ch] = [eot] if ch is None else encode(ch)
+            if len(token[ch]) != 1:  # every min_len counts one token a character (all ASCII: true of byte-level BPEs)
+                raise ValueError(f"the tokenizer encodes {ch!r} as {len(token[ch])} tokens, not one")
+        ids += [token[ch][0] for ch in text]
+        answer += [is_answer] * len(text) if isinstance(is_answer, bool) else list(is_answer)
+    return ids + [eot] * (length + 1 - len(ids)), answer + [False] * (length + 1 - len(answer))
+
+
+def _chars(rng, alphabet, n):
+    """n characters drawn uniformly from alphabet."""
+    return ''.join(alphabet[i] for i in rng.integers(0, len(alphabet), size=n))
+
+
+def _word(k, letters, alphabet=LOWER):
+    """The k-th word of `letters` characters of alphabet (base-26 digits): distinct k, distinct words."""
+    return ''.join(alphabet[k // 26 ** j % 26] for j in reversed(range(letters)))
+
+
+def _scatter(rng, noise, items):
+    """noise with the items inserted in order at uniform random depths (positions 0..len(noise))."""
+    cuts = np.sort(rng.integers(0, len(noise) + 1, size=len(items)))
+    pieces, at = [], 0
+    for cut, item in zip(cuts, items):
+        pieces += [noise[at:cut], item]
+        at = cut
+    return ''.join(pieces) + noise[at:]
+
+
+# flip-flop (Liu et al. 2023): 'w0i1i0r0w1r1...', read bits are the answers
+
+def flipflop_min_len(p_ignore=0.8):
+    """Tokens of the shortest row: the first write and the last read, two characters each."""
+    if isinstance(p_ignore, bool) or not isinstance(p_ignore, (int, float, np.integer, np.floating)) \
+            or not 0 <= p_ignore <= 1:
+        raise ValueError(f"flipflop: p_ignore must be a probability in [0, 1], got {p_ignore!r}")
+    return 4
+
+
+def flipflop_example(encode, eot, rng, length, p_ignore=0.8):
+    """(ids, answer): EOT and length // 2 instructions of two characters, 'w'/'i'/'r' and a bit. As in
+    the paper, the first is a write and the last a read; those between are i.i.d.: ignore with p_ignore,
+    write or read with (1 - p_ignore) / 2 each. Write and ignore bits are uniform; a read's bit is the
+    last written bit, and the read bits are the answers. An odd length ends with one EOT."""
+    _fits('flipflop', length, flipflop_min_len(p_ignore), f"p_ignore={p_ignore}")
+    n = length // 2
+    u = rng.random(n - 2)
+    op = np.concatenate([[0], np.where(u < p_ignore, 1, np.where(u < p_ignore + (1 - p_ignore) / 2, 0, 2)), [2]])
+    bit = rng.integers(0, 2, size=n)
+    last_write = np.maximum.accumulate(np.where(op == 0, np.arange(n), 0))  # op[0] is a write
+    bit = np.where(op == 2, bit[last_write], bit)  # a read gives the stored bit
+    text = ''.join('wir'[o] + str(b) for o, b in zip(op.tolist(), bit.tolist()))
+    answer = np.zeros(2 * n, dtype=bool)
+    answer[1::2] = op == 2
+    return _row(encode, eot, length, [(text, answer.tolist())])
+
+
+def flipflop_solve(text):
+    """The bit of every read: the bit of the last write before it."""
+    answers, memory = [], None
+    for op, bit in zip(text[::2], text[1::2]):
+        if op == 'w':
+            memory = bit
+        elif op == 'r':
+            answers.append(memory)
+    return answers
+
+
+# multi-query associative recall (Arora et al. 2023, Zoology): 'ab12 cd34 ef56QXZ|cd34 ab12'
+
+def mqar_min_len(pairs=8, queries=4, gap=0):
+    """Tokens of a row: the pairs (key, value, space), `gap` noise characters, '|' and the queries."""
+    pairs = _size('mqar', 'pairs', pairs, 1, MQAR_KEYS)
+    queries = _size('mqar', 'queries', queries, 1, pairs)  # the keys queried are distinct keys of the pairs
+    gap = _size('mqar', 'gap', gap, 0)
+    return 5 * pairs - 1 + gap + 1 + 5 * queries - 1
+
+
+def mqar_example(encode, eot, rng, length, pairs=8, queries=4, gap=0):
+    """(ids, answer): EOT, `pairs` pairs 'ab12' (a distinct key of two lowercase letters, a value of two
+    digits) separated by spaces, `gap` uppercase noise characters (neither key nor value: the queried key
+    occurs once before), '|', then `queries` of the keys (distinct, random order), each followed by its
+    value, separated by spaces. The values after the '|' are the answers. Right-padded with EOT."""
+    need = mqar_min_len(pairs, queries, gap)
+    _fits('mqar', length, need, f"pairs={pairs}, queries={queries}, gap={gap}")
+    keys = [_word(k, 2) for k in rng.choice(MQAR_KEYS, size=pairs, replace=False)]
+    values = [f"{v:02d}" for v in rng.integers(0, 100, size=pairs)]
+    parts = [(' '.join(k + v for k, v in zip(keys, values)) + _chars(rng, UPPER, gap) + '|', False)]
+    for j, q in enumerate(rng.choice(pairs, size=queries, replace=False)):
+        parts += [(' ' * (j > 0) + keys[q], False), (values[q], True)]
+    return _row(encode, eot, length, parts)
+
+
+def mqar_solve(text):
+    """The value of each queried key, looked up among the pairs before the '|'."""
+    context, queries = text.split('|')
+    value = dict(re.findall(r'([a-z]{2})(\d{2})', context))
+    return [value[q[:2]] for q in queries.split(' ')]
+
+
+# copy and reverse (Kazemnejad et al. 2023): 'qhdt|qhdt' and 'qhdt|tdhq', then EOT
+
+def copy_min_len(n=16):
+    """Tokens of a row: n symbols, '|', n symbols and the closing EOT."""
+    return 2 * _size('copy', 'n', n, 1) + 2
+
+
+def reverse_min_len(n=16):
+    """Tokens of a row: n symbols, '|', n symbols and the closing EOT."""
+    return 2 * _size('reverse', 'n', n, 1) + 2
+
+
+def _copy_example(task, encode, eot, rng, length, n, reverse):
+    """(ids, answer): EOT, n random lowercase letters, '|', the letters again (reversed if reverse) and EOT;
+    the answer is the letters after '|' and that EOT (so running on is wrong). Right-padded with EOT."""
+    _fits(task, length, (reverse_min_len if reverse else copy_min_len)(n), f"n={n}")
+    s = _chars(rng, LOWER, n)
+    return _row(encode, eot, length, [(s + '|', False), (s[::-1] if reverse else s, True), (None, True)])
+
+
+def copy_example(encode, eot, rng, length, n=16):
+    """(ids, answer): EOT, n random lowercase letters, '|', the same letters and EOT; the answer is the
+    letters after '|' and that closing EOT (so running on is wrong). Right-padded with EOT."""
+    return _copy_example('copy', encode, eot, rng, length, n, reverse=False)
+
+
+def reverse_example(encode, eot, rng, length, n=16):
+    """(ids, answer): as copy_example with the letters after '|' reversed."""
+    return _copy_example('reverse', encode, eot, rng, length, n, reverse=True)
+
+
+def copy_solve(text):
+    """The string before '|'."""
+    return [text.split('|')[0]]
+
+
+def reverse_solve(text):
+    """The string before '|', reversed."""
+    return [text.split('|')[0][::-1]]
+
+
+# multi-key needle in a haystack (RULER, Hsieh et al. 2024): 'xq ke\nwxyz=48213\nt bz...\n?wxyz=48213'
+
+def needle_min_len(keys=4):
+    """Tokens of a row with no noise: the needles '\\nkey=value\\n' (12 each), '\\n?key=' and the value."""
+    return 12 * _size('needle', 'keys', keys, 1, NEEDLE_KEYS) + 7 + 5
+
+
+def needle_example(encode, eot, rng, length, keys=4):
+    """(ids, answer): EOT, noise (characters drawn uniformly from the lowercase letters and space) with
+    `keys` needles '\\nkey=value\\n' (distinct keys of 4 lowercase letters, values of 5 digits) at uniform
+    random depths, then the query '\\n?key=' of one needle's key, and its value: the answer, the last 5
+    tokens. The noise fills the row to exactly length + 1 tokens."""
+    need = needle_min_len(keys)
+    _fits('needle', length, need, f"keys={keys}")
+    names = [_word(k, 4) for k in rng.choice(NEEDLE_KEYS, size=keys, replace=False)]
+    values = [str(v) for v in rng.integers(10 ** 4, 10 ** 5, size=keys)]
+    hay = _scatter(rng, _chars(rng, HAY, length - need), [f"\n{k}={v}\n" for k, v in zip(names, values)])
+    q = rng.integers(keys)
+    return _row(encode, eot, length, [(hay + f"\n?{names[q]}=", False), (values[q], True)])
+
+
+def needle_solve(text):
+    """The value of the needle whose key the last line asks for."""
+    value = dict(re.findall(r'\n([a-z]{4})=(\d{5})\n', text))
+    return [value[re.findall(r'\n\?([a-z]{4})=', text)[-1]]]
+
+
+# variable tracking (RULER): 'a bq\nQZX = 48213\nhs k\nWERT = QZX\n...\n? = 48213\nQZX WERT ...', then EOT
+
+def vartrack_min_len(chains=2, hops=4):
+    """Tokens of the longest row with no noise (every name 5 letters): the assignments '\\nNAME = VALUE\\n'
+    (15 each, hops + 1 a chain), the query '\\n? = VALUE\\n', the hops + 1 names with spaces and EOT."""
+    chains = _size('vartrack', 'chains', chains, 1, VALUES_5)  # distinct values: one chain holds the queried one
+    hops = _size('vartrack', 'hops', hops, 0)
+    return 15 * chains * (hops + 1) + 11 + 6 * (hops + 1)
+
+
+def vartrack_example(encode, eot, rng, length, chains=2, hops=4):
+    """(ids, answer): EOT, noise (as needle_example's) with `chains` chains of assignments scattered at
+    uniform random depths, each chain in order: '\\nA = 48213\\n' (a 5-digit value, distinct across chains),
+    then `hops` copies '\\nB = A\\n', '\\nC = B\\n', ... (so hops + 1 variables, as RULER's num_hops; all
+    names distinct, 3-5 uppercase letters), the chains interleaved at random. Then the query
+    '\\n? = 48213\\n' of the first chain's value (the first drawn: its place in the row is as random as
+    the others'), and the answer: that chain's names in order of assignment, separated by spaces, and EOT.
+    The noise fills the row to exactly length + 1 tokens."""
+    _fits('vartrack', length, vartrack_min_len(chains, hops), f"chains={chains}, hops={hops}")
+    seen, names = set(), []
+    while len(names) < chains * (hops + 1):  # distinct names: a repeated one would join two chains
+        name = _chars(rng, UPPER, int(rng.integers(3, 6)))
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+    chain = [names[c * (hops + 1):(c + 1) * (hops + 1)] for c in range(chains)]
+    values = [str(v) for v in rng.choice(VALUES_5, size=chains, replace=False) + 10 ** 4]
+    lines = [[f"\n{c[0]} = {v}\n"] + [f"\n{c[j]} = {c[j - 1]}\n" for j in range(1, hops + 1)] for c, v in zip(chain, values)]
+    order = rng.permutation(np.repeat(np.arange(chains), hops + 1))  # which chain's next assignment comes next
+    statements = [lines[c].pop(0) for c in order]
+    query, answer = f"\n? = {values[0]}\n", ' '.join(chain[0])
+    n_noise = length - sum(map(len, statements)) - len(query) - len(answer) - 1
+    hay = _scatter(rng, _chars(rng, HAY, n_noise), statements)
+    return _row(encode, eot, length, [(hay + query, False), (answer, True), (None, True)])
+
+
+def vartrack_solve(text):
+    """The variables that hold the queried value: assigned it, or assigned one that holds it, in order."""
+    value = re.findall(r'\n\? = (\d{5})\n', text)[-1]
+    held = []
+    for name, source in re.findall(r'\n([A-Z]{3,5}) = (\d{5}|[A-Z]{3,5})\n', text):
+        if source == value or source in held:
+            held.append(name)
+    return [' '.join(held)]
 
 
 # -----------------------------------------------------------------------------
