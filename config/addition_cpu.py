@@ -6,7 +6,7 @@
 # Sizing (rope, one thread per run, two runs at a time on the 2-core machine, ~170 ms/step): 6 x 96
 # reaches 99.0% (seed 1337) and 98.0% (seed 1338) in-distribution exact match at 1,200 steps.
 # At 1,500 steps (results/addition, 3 seeds): 100.0%, 99.8% and 3.4% (seed 1339),
-# so 1 of the 4 seeds tried does not learn the task at this size; TAPE learns with all 3.
+# so 1 of its 3 seeds does not learn the task at this size; TAPE learns with all 3.
 # Whether a model learns to align the digits at all is decided by its initial weights: 4 x 128 learns
 # with seed 1339 at N = 4 (99.7% at 1,500 steps) and 1337 at N = 6 (99.8%), but not with seed 1338's
 # weights (2.5% at N = 4) within 3,000 steps at any lr (1e-3..3e-3), batch (64..256) or head count
