@@ -9,7 +9,7 @@ The checkpoint format (ckpt.pt, written by train.py through save_checkpoint, ver
     model          dict   {parameter name: tensor}, model.GPT's state_dict (no compile or DDP prefix)
     model_args     dict   {GPTConfig field: value}: the model's settings
     config         dict   {train.py setting: value}: every setting of the run (data_dir, seed, trainable,
-                          passkey_frac, addition_digits, ...), as resolved at its start
+                          task, task_frac, ...), as resolved at its start
     meta           dict   the data's meta.json as read at training time (tokenizer, vocab_size, eot);
                           {} for shards that came without one (llm.c's)
     iter_num       int    optimizer steps taken
@@ -43,7 +43,7 @@ from dataclasses import fields, replace
 import torch
 
 from configurator import die, parse_value
-from data import get_tokenizer, load_meta
+from data import TASK_KNOBS, get_tokenizer, load_meta
 from hf import read_hf
 from model import GPT, PARAM_GROUPS, PES, GPTConfig, check_config, start_from
 
@@ -417,6 +417,19 @@ def trained_with(ckpt, key, default=None):
     return ckpt['config'].get(key, default)
 
 
+def task_settings(config):
+    """A run's synthetic task from its train.py config: task, task_frac and every task knob. A run from before `task`
+    existed recorded passkey_frac (a passkey mix) or addition_digits (addition rows only) instead."""
+    s = {'task': '', 'task_frac': 1.0, **TASK_KNOBS}
+    if 'task' in config:
+        return {k: config.get(k, default) for k, default in s.items()}
+    if config.get('passkey_frac'):
+        s.update(task='passkey', task_frac=config['passkey_frac'])
+    elif config.get('addition_digits'):
+        s.update(task='addition', addition_digits=config['addition_digits'])
+    return s
+
+
 # -----------------------------------------------------------------------------
 # a training run: its checks, what it starts from, its out_dir, one optimizer step
 
@@ -477,8 +490,8 @@ def batches_identity(batches, processes):
     return {'data': data, 'processes': processes}
 
 
-BATCH_SETTINGS = (('data_dir', None), ('passkey_frac', 0.0), ('addition_digits', 0), ('batch_size', None),
-                  ('gradient_accumulation_steps', None))  # with the data and the process count: what a batch is
+BATCH_SETTINGS = ('data_dir', 'task', 'task_frac', *TASK_KNOBS, 'batch_size',
+                  'gradient_accumulation_steps')  # with the data and the process count: what a batch is
 
 
 def start_of_run(s, model_args, device, identity=None):
@@ -500,7 +513,7 @@ def start_of_run(s, model_args, device, identity=None):
             die(f"{ckpt_path} holds weights but not the training state to resume ({', '.join(missing)}): "
                 "evaluate it, or start a new run in another out_dir")
         differ = {k: (v, model_args.get(k)) for k, v in resume['model_args'].items() if model_args.get(k) != v}
-        old = resume['config']
+        old = {**resume['config'], **task_settings(resume['config'])}  # a run from before `task` in today's terms
         for k, default in (('seed', s['seed']), ('trainable', '')):  # another trainable: another optimizer
             if old.get(k, default) != s[k]:
                 differ[k] = (old.get(k, default), s[k])
@@ -509,7 +522,7 @@ def start_of_run(s, model_args, device, identity=None):
             die(f"{ckpt_path} was trained with {k}={was!r} but this config says {k}={now!r} ({len(differ)} setting(s) differ): "
                 "resume with the same config file and overrides, or use another out_dir")
         was = resume.get('batches') or {}  # absent in checkpoints from before it was recorded
-        other = [f"{k}={old[k]!r}, now {s[k]!r}" for k, _ in BATCH_SETTINGS if k in old and old[k] != s[k]
+        other = [f"{k}={old[k]!r}, now {s[k]!r}" for k in BATCH_SETTINGS if k in old and old[k] != s[k]
                  and not (k == 'data_dir' and (os.path.realpath(old[k]) == os.path.realpath(s[k]) or  # moved, same data
                                                was.get('data') == (identity or {}).get('data')))]
         if was.get('data') and identity and was['data'] != identity['data']:

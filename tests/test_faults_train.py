@@ -103,7 +103,7 @@ def test_a_resume_on_data_rebuilt_in_the_same_folder_is_refused_unless_asked_and
 
 
 @pytest.mark.parametrize('changed, words', [
-    (['--passkey_frac=0.5'], ['passkey_frac=0.0, now 0.5']),
+    (['--task=passkey', '--task_frac=0.5'], ["task='', now 'passkey'", 'task_frac=1.0, now 0.5']),
     (['--batch_size=4'], ['batch_size=8, now 4']),
     (['--gradient_accumulation_steps=2'], ['gradient_accumulation_steps=1, now 2']),
 ])

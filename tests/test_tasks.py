@@ -251,7 +251,7 @@ def passkey_run(tmp_path_factory):
     out = d / 'out'
     run('train.py', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=128', '--batch_size=8', '--compile=False',
         '--device=cpu', '--eval_iters=4', '--warmup_iters=5', '--learning_rate=3e-3', f'--data_dir={d}', f'--out_dir={out}',
-        '--pe=rope', '--passkey_frac=1.0', '--max_iters=30', '--eval_interval=30', '--log_interval=10')
+        '--pe=rope', '--task=passkey', '--max_iters=30', '--eval_interval=30', '--log_interval=10')
     return d, out
 
 
@@ -295,8 +295,9 @@ def test_eval_tasks_bad_input(passkey_run, bench_files, tmp_path):
 def test_train_rejects_bad_passkey_settings(passkey_run, tmp_path):
     d, _ = passkey_run
     base = ['--compile=False', '--device=cpu', f'--data_dir={d}', f'--out_dir={tmp_path}', '--n_layer=1', '--n_embd=16', '--n_head=2']
-    one_line_error(run('train.py', *base, '--block_size=64', '--passkey_frac=0.1', check=False), 'needs 105 tokens', 'raise block_size')
-    one_line_error(run('train.py', *base, '--passkey_frac=1.5', check=False), 'passkey_frac=1.5', 'from 0 to 1')
+    one_line_error(run('train.py', *base, '--block_size=64', '--task=passkey', '--task_frac=0.1', check=False), 'needs 105 tokens',
+                   'raise block_size')
+    one_line_error(run('train.py', *base, '--task=passkey', '--task_frac=1.5', check=False), 'task_frac=1.5', 'up to 1')
 
 
 def test_real_rows_scored_end_to_end(passkey_run, tmp_path):
