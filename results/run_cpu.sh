@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Re-runs every CPU-scale result of results/README.md end to end:
 #   bash results/run_cpu.sh            (from the repo root; JOBS=2 trains two runs at a time)
-#   PES="kerple fox" SEEDS="1337 1338" ABL_SEEDS="" STAGE=train bash results/run_cpu.sh   (some runs only)
+#   PES="kerple fox" SEEDS="1337 1338" ABL_SEEDS="" RESULTS=results/new_pes bash results/run_cpu.sh   (some runs)
 # PES: the main table's pes (default: every pe in model.PES); SEEDS: theirs (default 5); ABL_SEEDS: the
 # seeds of the ExPE ablations and sweeps (default 3); STAGE=train stops before the tables (which need
-# every run of the defaults).
+# every run of the defaults, or RESULTS=another folder for a subset's own tables).
 # Every run is config/demo_cpu.py (byte-level Shakespeare, 4 x 128, T = 128, 1000 steps x 2,048
 # tokens) plus the overrides named below. Finished runs are skipped, interrupted ones resume.
 # Every process runs on one CPU thread, whatever JOBS is: the numbers depend on the thread count
@@ -18,6 +18,7 @@ PES=${PES:-$(python -c "import model; print(' '.join(model.PES))")}
 SEEDS=${SEEDS-"1337 1338 1339 1340 1341"}
 ABL_SEEDS=${ABL_SEEDS-"1337 1338 1339"}
 STAGE=${STAGE:-all}
+RES=${RESULTS:-results}  # the tables (replaced): another folder for a subset of the runs
 python prepare.py
 
 train() {  # train OUT_NAME OVERRIDES...
@@ -58,14 +59,23 @@ wait
 echo "training wall time: $(( $(date +%s) - t0 )) s"
 [ "$STAGE" = train ] && exit 0
 
-ev() { python eval.py --windows 16 --overwrite "$@"; }  # results/ holds the previous run's tables
+ev() { python eval.py --windows 16 --overwrite "$@"; }  # $RES holds the previous run's tables
+mkdir -p "$RES"
 main=(); for pe in $PES; do for s in $SEEDS; do main+=("$OUT/$pe-s$s"); done; done
-ev --ckpt "${main[@]}" --out results/cpu_main | tee results/cpu_main.txt
-scaled=(); for pe in expe exqpe rope; do for s in $SEEDS; do scaled+=("$OUT/$pe-s$s"); done; done
-ev --ckpt "${scaled[@]}" --scale 0.5 --out results/cpu_scaled | tee results/cpu_scaled.txt
+ev --ckpt "${main[@]}" --out "$RES/cpu_main" | tee "$RES/cpu_main.txt"
+# the second protocol (eval.py --stride): every scored token has at least ev x 128 - 64 tokens of context
+python eval.py --windows 4 --stride 64 --overwrite --ckpt "${main[@]}" --out "$RES/cpu_main_sliding" | tee "$RES/cpu_main_sliding.txt"
+scaled=(); for pe in $PES; do case $pe in expe|exqpe|rope) for s in $SEEDS; do scaled+=("$OUT/$pe-s$s"); done;; esac; done
+if [ ${#scaled[@]} -gt 0 ]; then
+    ev --ckpt "${scaled[@]}" --scale 0.5 --out "$RES/cpu_scaled" | tee "$RES/cpu_scaled.txt"
+fi
 abl=(); for seed in $ABL_SEEDS; do
     abl+=("$OUT/expe-s$seed"); for row in "${ABLATIONS[@]}"; do abl+=("$OUT/$(abl_dir "${row%% *}" "$seed")"); done
 done
-ev --ckpt "${abl[@]}" --out results/cpu_ablations | tee results/cpu_ablations.txt
-python results/summarize.py --files results/cpu_main/eval.json results/cpu_scaled/eval.json > results/cpu_summary.md
-cat results/cpu_summary.md
+if [ ${#abl[@]} -gt 0 ]; then
+    ev --ckpt "${abl[@]}" --out "$RES/cpu_ablations" | tee "$RES/cpu_ablations.txt"
+fi
+summarized=("$RES/cpu_main/eval.json"); [ ${#scaled[@]} -gt 0 ] && summarized+=("$RES/cpu_scaled/eval.json")
+python results/summarize.py --files "${summarized[@]}" > "$RES/cpu_summary.md"
+python results/summarize.py --files "$RES/cpu_main_sliding/eval.json" > "$RES/cpu_summary_sliding.md"
+cat "$RES/cpu_summary.md" "$RES/cpu_summary_sliding.md"

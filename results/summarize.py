@@ -22,10 +22,11 @@ files = []                # eval.json files of eval.py, in the order their rows 
 configure(globals())
 paths = files
 groups = defaultdict(list)  # (pe, scale) -> rows, in order of appearance
-evs = None
+evs, strides = None, set()
 for path in paths:
     result = json.load(open(path))
     evs = evs or result['ev']
+    strides.add(result.get('stride', 0))
     for row in result['rows']:
         groups[(row['pe'], row['scale'])].append(row)
 
@@ -62,12 +63,16 @@ for (pe, scale), rows in groups.items():
         cells.append(cell)
     print(f"| {pe} | {scale:g} | {len(rows)} | " + ' | '.join(cells) + ' |')
 tokens = {c['tokens'] for rows in groups.values() for r in rows for c in r['cells'].values() if 'tokens' in c}
+protocol = ("eval.py's protocol" if strides == {0} else
+            f"eval.py --stride {' / '.join(map(str, sorted(strides)))}: sliding windows, each scoring its last stride tokens")
 print(f"\nMean ± half the range over seeds; every cell of every seed averages {', '.join(f'{t:,}' for t in sorted(tokens))} "
-      "val target tokens (eval.py's protocol). Per column and scale: **best** mean; † the row's seed range lies "
+      f"val target tokens ({protocol}). Per column and scale: **best** mean; † the row's seed range lies "
       "wholly above the best row's (separated from it); an unmarked row ties with the best within the seeds.")
 
-# one line per pe at the longest length, seeds averaged
+# one line per pe at the longest length, seeds averaged (not for the sliding protocol: it scores a window's end only)
 first = json.load(open(paths[0]))
+if not os.path.exists(os.path.join(os.path.dirname(paths[0]), 'per_position.csv')):
+    sys.exit(0)
 with open(os.path.join(os.path.dirname(paths[0]), 'per_position.csv')) as f:
     table = list(csv.reader(f))
 header, body = table[0][1:], table[1:]
