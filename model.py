@@ -862,9 +862,11 @@ class CoPE(PE):
 
     def logit_bias(self, q, k, tables, past):
         future = causal_mask(q.size(2), k.size(2), past, q.device)
-        gates = torch.sigmoid(q @ k.transpose(-1, -2) * q.size(-1) ** -0.5).masked_fill(future, 0.0)
-        pos = gates.flip(-1).cumsum(-1).flip(-1).clamp(max=self.npos - 1)  # p_ij = Σ_{t >= j} g_it (future ones 0)
-        z = q @ tables.to(q.dtype)  # q_i·e[p] at every integer p (B, H, Tq, npos)
+        q, k = q.float(), k.float()  # a running sum over thousands of keys: bf16 would round positions to steps of 2+
+        with torch.autocast(q.device.type, enabled=False):
+            gates = torch.sigmoid(q @ k.transpose(-1, -2) * q.size(-1) ** -0.5).masked_fill(future, 0.0)
+            pos = gates.flip(-1).cumsum(-1).flip(-1).clamp(max=self.npos - 1)  # p_ij = Σ_{t >= j} g_it (future ones 0)
+            z = q @ tables.float()  # q_i·e[p] at every integer p (B, H, Tq, npos)
         lo = pos.floor()
         z_lo, z_hi = z.gather(-1, lo.long()), z.gather(-1, pos.ceil().long())
         return z_lo + (pos - lo) * (z_hi - z_lo)

@@ -623,3 +623,18 @@ def test_drope_continues_a_rope_model_without_positions():
     M.start_from(child, parent.config, parent.state_dict(), 'out/rope', replace_pe=True)
     for k, v in parent.state_dict().items():
         assert torch.equal(child.state_dict()[k], v)
+
+
+def test_cope_counts_positions_in_fp32_under_bf16():
+    """Under bf16 autocast (CUDA's default) q and k arrive in bf16; the gates' running sum over 600 keys must still be
+    exact to fp32's precision, not bf16's (which steps by 2 past 256)."""
+    torch.manual_seed(0)
+    m = GPT(cfg('cope', n_head=2, cope_npos=1024))
+    with torch.no_grad():
+        m.pe.emb[0].normal_()
+    q, k = torch.randn(1, 2, 4, 16), torch.randn(1, 2, 600, 16)
+    want = m.pe.logit_bias(q, k, m.pe.bias_tables({}, 0, None), 596)
+    with torch.autocast('cpu', torch.bfloat16):
+        got = m.pe.logit_bias(q.bfloat16(), k.bfloat16(), m.pe.bias_tables({}, 0, None), 596)
+    assert got.dtype == torch.float32
+    assert (got - want).abs().max() < 0.2 * want.abs().max() / 10  # bf16 inputs only: within 2% of the scale
