@@ -746,12 +746,13 @@ def vartrack_solve(text):
 # (None: every token, as corpus text). Evaluation asks it for a grid: conditions() x columns(), an
 # example(rng, length, **settings) per cell, and which cells are in distribution; every run of answer
 # tokens counts once, right when greedy decoding yields all of it (evaluation.run_grid). passkey and
-# addition keep their own grids (evaluation.run_passkey, run_addition), written before this section.
+# addition (grid = False) keep their own grids (evaluation.run_passkey, run_addition).
 
 class Task:
     """The shape every task has."""
     knobs = {}          # its train.py settings and their defaults
     own_chars = True    # its rows are characters of their own (one token each): a run of it alone reads no corpus
+    grid = True         # eval_tasks.py scores it with evaluation.run_grid (conditions x columns below)
 
     def __init__(self, settings, encode, eot):
         self.s, self.encode, self.eot = settings, encode, eot  # settings: every knob of this task
@@ -778,6 +779,7 @@ class Passkey(Task):
     """Passkey retrieval in corpus text (a share task_frac of the rows; val stays corpus), trained on every
     token of the row; eval_tasks.py --tasks passkey scores it over lengths and key depths."""
     own_chars = False  # English text in the corpus's tokenizer
+    grid = False       # scored over lengths x depths by evaluation.run_passkey, with tables of its own
 
     def check(self, block_size):
         try:
@@ -793,6 +795,7 @@ class Addition(Task):
     """Integer addition, operands of 1..addition_digits digits each, the loss on the answer; eval_tasks.py
     --tasks addition scores a grid of operand lengths 1..4N."""
     knobs = {'addition_digits': 4}
+    grid = False  # scored over operand lengths by evaluation.run_addition, with tables of its own
 
     def check(self, block_size):
         N = self.s['addition_digits']

@@ -125,7 +125,7 @@ for i, ((path, model, ck), (encode, _, eot), ts) in enumerate(zip(loaded, tokeni
                                        batch_tokens, device, ctx, f"{path} addition")
         row['addition_png'] = os.path.join(out, f"addition_{i}_{c.pe}.png")
     for t in tasks:
-        if t in TASKS and t not in ('passkey', 'addition'):  # those two have grids of their own, above
+        if t in TASKS and TASKS[t].grid:  # passkey and addition have grids of their own, above
             task = TASKS[t]({k: ts[k] for k in TASKS[t].knobs}, encode, eot)
             row[t] = run_grid(model, task, ev, problems, seed, batch_tokens, device, ctx, f"{path} {t}")
             row[f'{t}_png'] = os.path.join(out, f"{t}_{i}_{c.pe}.png")
@@ -141,7 +141,7 @@ if 'passkey' in tasks:
 if 'addition' in tasks:
     md += addition_tables(rows, problems)
 for t in tasks:
-    if t in TASKS and t not in ('passkey', 'addition'):
+    if t in TASKS and TASKS[t].grid:
         md += grid_tables(rows, t, problems)
 if benchmarks:
     md += ['| checkpoint | pe | scale | task | source | split | n | acc | acc_norm |', '|---|---|---|---|---|---|---|---|---|']
@@ -169,7 +169,7 @@ for r in rows:
         files.append((r['addition_png'], partial(addition_heatmap, r['addition'], f"{r['ckpt']} (pe={r['pe']}, seed {r['seed']}, "
                                                  f"scale {r['scale']:g}): trained on 1..{r['addition']['N']} digits")))
     for t in tasks:
-        if f'{t}_png' in r and t not in ('passkey', 'addition'):
+        if f'{t}_png' in r and TASKS[t].grid:
             files.append((r[f'{t}_png'], partial(grid_heatmap, r[t], f"{r['ckpt']} (pe={r['pe']}, seed {r['seed']}, "
                                                   f"scale {r['scale']:g}): {t}")))
 write_results(files, out, 'the tables printed above are the result')  # after the print: a late write error loses nothing

@@ -123,14 +123,11 @@ def plot_curves(curves, ev, scale, path):
 # passkey retrieval (the examples come from data.py)
 
 @torch.no_grad()
-def answer_scores(model, examples, eot, batch_tokens, device, ctx):
-    """(hits, losses) for (ids, n_answer) examples whose last n_answer tokens are the answer: whether
-    greedy decoding yields the answer exactly, and its mean loss in nats/token. One teacher-forced pass:
-    greedy output equals the answer iff every answer token is the argmax given the ones before it.
-    Rows are right-padded with EOT, which causal attention never looks back at."""
+def padded_forwards(model, examples, eot, batch_tokens, device, ctx):
+    """(chunk, ids, logits) for (ids, ...) examples, batch_tokens at a time: rows right-padded with EOT, which
+    causal attention never looks back at; logits at t predict ids at t + 1."""
     width = max(len(e) for e, _ in examples)
     bs = max(1, batch_tokens // width)
-    hits, losses = [], []
     for i in range(0, len(examples), bs):
         chunk = examples[i:i + bs]
         ids = torch.full((len(chunk), width), eot, dtype=torch.long)
@@ -139,6 +136,15 @@ def answer_scores(model, examples, eot, batch_tokens, device, ctx):
         ids = ids.to(device)
         with ctx:
             logits, _ = model(ids[:, :-1])
+        yield chunk, ids, logits
+
+
+def answer_scores(model, examples, eot, batch_tokens, device, ctx):
+    """(hits, losses) for (ids, n_answer) examples whose last n_answer tokens are the answer: whether
+    greedy decoding yields the answer exactly, and its mean loss in nats/token. One teacher-forced pass:
+    greedy output equals the answer iff every answer token is the argmax given the ones before it."""
+    hits, losses = [], []
+    for chunk, ids, logits in padded_forwards(model, examples, eot, batch_tokens, device, ctx):
         for row, (e, n) in enumerate(chunk):  # logits at t predict token t + 1
             lg, target = logits[row, len(e) - 1 - n:len(e) - 1].float(), ids[row, len(e) - n:len(e)]
             hits.append(bool((lg.argmax(-1) == target).all()))
@@ -320,21 +326,11 @@ def answer_runs(answer):
     return runs
 
 
-@torch.no_grad()
 def answers_right(model, examples, eot, batch_tokens, device, ctx):
     """[(right, answers)] per (ids, answer) example: an answer is right when greedy decoding yields every one of its
     tokens (each is the argmax given the true tokens before it; one teacher-forced pass, as answer_scores)."""
-    width = max(len(ids) for ids, _ in examples)
-    bs = max(1, batch_tokens // width)
     out = []
-    for i in range(0, len(examples), bs):
-        chunk = examples[i:i + bs]
-        ids = torch.full((len(chunk), width), eot, dtype=torch.long)
-        for row, (e, _) in enumerate(chunk):
-            ids[row, :len(e)] = torch.tensor(e)
-        ids = ids.to(device)
-        with ctx:
-            logits, _ = model(ids[:, :-1])
+    for chunk, ids, logits in padded_forwards(model, examples, eot, batch_tokens, device, ctx):
         hit = (logits.argmax(-1) == ids[:, 1:]).cpu()  # hit[t - 1]: token t predicted right
         for row, (_, answer) in enumerate(chunk):
             runs = answer_runs(answer)

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 
 from data import TASK_KNOBS, TASKS, Batches, get_tokenizer
 from evaluation import answer_runs, answers_right, run_grid
+from test_pes import byte_data  # noqa: F401  (a fixture: the small byte corpus of test_pes.py)
 from test_scripts import log_of, one_line_error, run
 
 encode, decode, EOT, _ = get_tokenizer('byte')
-GRID_TASKS = [t for t in TASKS if t not in ('passkey', 'addition')]  # those two have grids of their own
+GRID_TASKS = [t for t, c in TASKS.items() if c.grid]  # passkey and addition have grids of their own
 SMALL = {'flipflop_p': 0.8, 'mqar_pairs': 3, 'mqar_queries': 2, 'copy_n': 4, 'needle_keys': 2, 'vartrack_chains': 1,
          'vartrack_hops': 1}
 T = 64  # holds a training row of every task at SMALL
@@ -140,19 +141,11 @@ def test_task_knobs_have_one_default_each():
             assert TASK_KNOBS[k] == v, (name, k)  # copy and reverse share copy_n: one default
 
 
-def test_passkey_and_addition_batches_are_those_from_before_the_task_mechanism(tmp_path):
+def test_passkey_and_addition_batches_are_those_from_before_the_task_mechanism(byte_data):  # noqa: F811
     """The batches of task=addition and of task=passkey with task_frac=0.5 hash to what the code before `task` gave
     (its addition_digits=4 and passkey_frac=0.5, computed at c6bf777): the committed passkey and addition runs are
     reproduced by the same settings."""
     import hashlib
-    import random
-    from data import write_shard
-    rng = random.Random(0)
-    words = 'the king is dead long live queen my lord'.split()
-    text = [t for _ in range(40) for t in [256] + list(' '.join(rng.choice(words) for _ in range(60)).encode())]
-    write_shard(str(tmp_path / 'val_000000.bin'), text[:4000], 257)
-    write_shard(str(tmp_path / 'train_000001.bin'), text, 257)
-    (tmp_path / 'meta.json').write_text(json.dumps({'tokenizer': 'byte', 'vocab_size': 257, 'eot': 256}))
 
     def digest(b):
         m = hashlib.sha256()
@@ -163,4 +156,4 @@ def test_passkey_and_addition_batches_are_those_from_before_the_task_mechanism(t
                 m.update(y.numpy().tobytes())
         return m.hexdigest()[:16]
     assert digest(Batches('', 16, 128, 1337, task='addition', task_settings={'addition_digits': 4})) == 'a402786a9166c38c'
-    assert digest(Batches(str(tmp_path), 128, 16, 1337, task='passkey', task_frac=0.5)) == '7609f348a05990c8'
+    assert digest(Batches(str(byte_data), 128, 16, 1337, task='passkey', task_frac=0.5)) == '7609f348a05990c8'
