@@ -952,14 +952,15 @@ def bias_flex(q, k, v, pe, tables, past):
 
 
 def dense_bias(pe, tables, n_head, past, Tq, Tk, device, batch=1):
-    """(batch, H, Tq, Tk) score bias of the queries at past..past+Tq-1 (a pe that ignores the batch row gives
-    (1, H, Tq, Tk)), with the causal mask folded in."""
+    """(batch, H, Tq, Tk) score bias of the queries at past..past+Tq-1, with the causal mask folded in; (H, Tq, Tk)
+    for a pe whose bias is the same in every row (SDPA rounds a 3-d mask as it always did: the tables reproduce)."""
     b = torch.arange(batch, device=device)[:, None, None, None]
     h = torch.arange(n_head, device=device)[None, :, None, None]
     q_pos = torch.arange(past, past + Tq, device=device)[None, None, :, None]
     k_pos = torch.arange(Tk, device=device)[None, None, None, :]
     seen = torch.minimum(k_pos, q_pos)  # a future key is scored as the query's own: a pe never sees a negative distance,
-    return pe.score_bias(b, h, q_pos, seen, tables).float().masked_fill(k_pos > q_pos, float('-inf'))  # so no NaN gradient
+    bias = pe.score_bias(b, h, q_pos, seen, tables).float().masked_fill(k_pos > q_pos, float('-inf'))  # so no NaN gradient
+    return bias[0] if bias.size(0) == 1 else bias
 
 
 def attention(q, k, v, pe, tables, past, dropout_p, fp32=False):

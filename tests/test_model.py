@@ -538,8 +538,7 @@ def test_alibi_bias_values(scale, offset):
     slopes = M.alibi_slopes(H)
     Tq, Tk = 6, 6 + offset
     bias = M.dense_bias(m.pe, None, H, offset, Tq, Tk, 'cpu')
-    assert bias.shape == (1, H, Tq, Tk)  # no batch row: ALiBi's bias is the same for every row
-    bias = bias[0]
+    assert bias.shape == (H, Tq, Tk)  # no batch row: ALiBi's bias is the same for every row
     for h in range(H):
         for qi in range(Tq):
             qp = qi + offset

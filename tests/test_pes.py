@@ -94,7 +94,7 @@ def test_t5_bias_matches_hf(past):
     want = hf.compute_bias(Tq, Tk, past_seen_tokens=past)[0]
     st = m.pe.setup(torch.arange(past, past + Tq))
     for layer in range(3):  # one table for every block, as T5 (it computes the bias in block 0 and reuses it)
-        got = M.dense_bias(m.pe, m.pe.bias_tables(st, layer, None), H, past, Tq, Tk, 'cpu')[0]
+        got = M.dense_bias(m.pe, m.pe.bias_tables(st, layer, None), H, past, Tq, Tk, 'cpu')
         causal = torch.isfinite(got)
         assert causal.sum() == H * (Tq * (past + 1) + Tq * (Tq - 1) // 2)
         assert torch.equal(got[causal], want[causal])
@@ -105,7 +105,7 @@ def test_t5_pos_scale_halves_distances():
     m = GPT(cfg('t5', pos_scale=0.5))
     with torch.no_grad():
         m.pe.rel.weight.normal_()
-    bias = M.dense_bias(m.pe, None, H, 0, 40, 40, 'cpu')[0]
+    bias = M.dense_bias(m.pe, None, H, 0, 40, 40, 'cpu')
     for q, k in [(10, 0), (39, 1), (30, 29)]:
         d = (q - k) // 2  # floor(0.5 * distance)
         assert torch.equal(bias[:, q, k], m.pe.rel.weight[M.t5_bucket(torch.tensor(float(d)), 32, 128)])
@@ -132,7 +132,7 @@ def fire_model(**kw):
 @pytest.mark.parametrize('scale', [1.0, 0.5])
 def test_fire_at_hand_computed_points(scale):
     m = fire_model(pos_scale=scale)
-    bias = M.dense_bias(m.pe, m.pe.bias_tables(m.pe.setup(torch.arange(41)), 0, None), 2, 0, 41, 41, 'cpu')[0]
+    bias = M.dense_bias(m.pe, m.pe.bias_tables(m.pe.setup(torch.arange(41)), 0, None), 2, 0, 41, 41, 'cpu')
     s = round(1 / scale)
     # (i, j) = (3, 1): u = log(1 + 0.5·2) / log(1 + 0.5·max(10, 3)) = log 2 / log 6 = 0.3868528;
     # hidden relu(u) = 0.3868528, relu(-2u + 0.5) = 0; heads: u + 0.1 = 0.4868528, 2u - 0.2 = 0.5737056
@@ -178,7 +178,7 @@ def test_fire_equals_its_mlp(kw):
     past, Tq, Tk = 5, 30, 35
     st = m.pe.setup(torch.arange(past, past + Tq))
     for layer in range(L):
-        got = M.dense_bias(m.pe, m.pe.bias_tables(st, layer, None), H, past, Tq, Tk, 'cpu')[0]
+        got = M.dense_bias(m.pe, m.pe.bias_tables(st, layer, None), H, past, Tq, Tk, 'cpu')
         want = fire_reference(m, layer, past, Tq, Tk)
         causal = torch.isfinite(got)
         assert (got[causal].double() - want[causal]).abs().max() < 1e-5
@@ -462,7 +462,7 @@ def test_kerple_log_bias_is_the_papers(scale):
         m.pe.r2[1] = torch.tensor(r2)
     past, Tq, Tk = 3, 6, 9
     st = m.pe.setup(torch.arange(past, past + Tq))
-    bias = M.dense_bias(m.pe, m.pe.bias_tables(st, 1, None), H, past, Tq, Tk, 'cpu')[0]
+    bias = M.dense_bias(m.pe, m.pe.bias_tables(st, 1, None), H, past, Tq, Tk, 'cpu')
     for h in range(H):
         a, b = max(r1[h], 0.01), max(r2[h], 0.01)
         for i, j in [(3, 3), (4, 0), (8, 2), (8, 7)]:
